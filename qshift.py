@@ -226,11 +226,12 @@ def semantic_segmentation(class_logits, mask_logits, size=None):
 
 
 def tiny_config(num_labels, hidden_size=64, num_queries=20, embed_dim=16, decoder_layers=2, mask_feature_size=32,
-                image_size=64):
+                image_size=64, id2label=None):
     """A small MaskFormer config (Swin backbone, DETR decoder) that builds offline in well under a second.
 
     hidden_size is the query dimension C (the shift's channels); the paper's models have C = 256.
     """
+    id2label = id2label or {i: f"class_{i}" for i in range(num_labels)}
     backbone = SwinConfig(image_size=image_size, patch_size=4, embed_dim=embed_dim, depths=[1, 1, 1, 1],
                           num_heads=[1, 2, 2, 4], window_size=4, drop_path_rate=0.0,
                           out_features=["stage1", "stage2", "stage3", "stage4"])
@@ -239,7 +240,7 @@ def tiny_config(num_labels, hidden_size=64, num_queries=20, embed_dim=16, decode
                          encoder_ffn_dim=2 * hidden_size, num_queries=num_queries, dropout=0.0)
     return MaskFormerConfig(backbone_config=backbone, decoder_config=decoder, fpn_feature_size=mask_feature_size,
                             mask_feature_size=mask_feature_size, num_labels=num_labels,
-                            id2label={i: f"class_{i}" for i in range(num_labels)})
+                            id2label=id2label, label2id={name: i for i, name in id2label.items()})
 
 
 def build_model(config, shift_div=16, match=True, causal=False):
