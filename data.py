@@ -1,0 +1,510 @@
+"""Clip datasets for video semantic segmentation: VSPW, Cityscapes-VPS, your own folders, and a synthetic benchmark.
+
+Every dataset yields clips of T consecutive frames (see `build_dataset`). The layouts on disk:
+
+VSPW and VSPW_480p (`vspw`), as released:
+    ROOT/train.txt, val.txt, test.txt       one video name a line
+    ROOT/label_num_dic_final.json           optional: class name -> raw id (0 is "others")
+    ROOT/data/<video>/origin/<frame>.jpg
+    ROOT/data/<video>/mask/<frame>.png      raw ids: 1..124 are the classes, 0 ("others") and 255 are ignored
+  Only videos of at least `min_frames` frames are used (the paper's filter). The test split has no masks.
+
+Cityscapes-VPS (`cityscapes-vps`):
+    ROOT/<split>/img/VVVV_FFFF_<city>_<seq>_<frame>_newImg8bit.png    (or _leftImg8bit.png)
+    ROOT/<split>/labelmap/VVVV_FFFF_*.png   uint8 Cityscapes train ids 0..18, 255 = ignore
+  Frames are grouped by the video id VVVV and ordered by the frame id FFFF; train and val load the annotated frames
+  (those with a labelmap PNG, 6 per video), test loads every image. The release has no labelmap/ folder: VPSNet's
+  prepare_data/create_panoptic_labels.py writes it from the release's per-frame class-colour maps (cls/) by mapping
+  each class colour to its train id and everything else to 255. Any tool that writes such uint8 PNGs will do.
+
+Your own clips (`clips`):
+    ROOT/classes.txt                        one class name a line (required when there are labels)
+    ROOT/<video>/frames/<frame>.jpg|png
+    ROOT/<video>/labels/<frame>.png         optional: class ids 0..K-1, 255 = ignore, the frames' file stems
+
+Synthetic (`synthetic`): generated in memory from the seed, no files; see `Synthetic`.
+"""
+import json
+import math
+import os
+import re
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+IGNORE_INDEX = 255
+MEAN = (0.485, 0.456, 0.406)  # ImageNet, as MaskFormer's image processor
+STD = (0.229, 0.224, 0.225)
+SCALES = (0.5, 2.0)  # range of the random training scale
+_MEAN255 = torch.tensor(MEAN).view(3, 1, 1) * 255
+_STD255 = torch.tensor(STD).view(3, 1, 1) * 255
+
+CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+                      "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
+                      "bicycle"]
+VSPW_NUM_CLASSES = 124
+
+
+class DataError(Exception):
+    """Bad input data; the message is one line naming the path and what is wrong."""
+
+
+def build_dataset(name, root=None, split="train", clip_len=8, train=True, crop=None, min_frames=32, seed=0,
+                  **synthetic):
+    """The clip dataset `name` ("vspw", "cityscapes-vps", "clips" or "synthetic") for one split.
+
+    clip_len: frames per clip T; None gives one item per whole video (evaluation). train: random clip offsets,
+    scale, crop to `crop` = (h, w) and flip (crop=None: flip only); otherwise whole frames, deterministic.
+    min_frames: VSPW only, the shortest video kept. seed: the training randomness (and the synthetic world).
+    synthetic: keyword arguments of `Synthetic` (sizes of the generated world).
+    """
+    common = dict(clip_len=clip_len, train=train, crop=crop, seed=seed)
+    if name == "synthetic":
+        return Synthetic(split=split, **common, **synthetic)
+    if synthetic:
+        raise TypeError(f"unexpected arguments for {name}: {sorted(synthetic)}")
+    if name not in ("vspw", "cityscapes-vps", "clips"):
+        raise DataError(f"unknown dataset {name!r} (vspw, cityscapes-vps, clips or synthetic)")
+    if root is None or not os.path.isdir(root):
+        raise DataError(f"{root}: no such dataset folder for {name}")
+    if name == "vspw":
+        return _vspw(root, split, min_frames, **common)
+    if name == "cityscapes-vps":
+        return _cityscapes_vps(root, split, **common)
+    return _clips(root, **common)
+
+
+class ClipDataset(Dataset):
+    """Clips of T consecutive frames of `videos`; subclasses read them in `_load(v, frame indices)`.
+
+    Training covers every video each epoch with n // T clips starting at a random offset drawn in set_epoch, so
+    len() never changes; all randomness comes from (seed, epoch, video or item index), never from global state.
+    """
+
+    def __init__(self, videos, class_names, clip_len, train, crop, seed, where, lut=None, raw_lut=None):
+        if not videos:
+            raise DataError(f"{where}: no videos")
+        longest = max(len(frames) for _, frames in videos)
+        if clip_len is not None and clip_len > longest:
+            raise DataError(f"{where}: clip length {clip_len} is longer than every video (longest: {longest} frames)")
+        self.videos = videos  # [(video name, [frame names])]
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names)
+        self.id2label = dict(enumerate(self.class_names))
+        self.clip_len, self.train, self.seed = clip_len, train, seed
+        self.crop = (crop, crop) if isinstance(crop, int) else crop
+        identity = np.where(np.arange(256) < self.num_classes, np.arange(256), -1)
+        identity[IGNORE_INDEX] = IGNORE_INDEX
+        self.lut = identity if lut is None else lut  # raw label value -> class (or IGNORE_INDEX); -1: invalid
+        self.raw_lut = np.arange(256, dtype=np.uint8) if raw_lut is None else raw_lut  # class -> raw value
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch):
+        """Draw the training clips of this epoch (deterministic in seed and epoch)."""
+        self.epoch = epoch
+        self.clips = []  # (video index, first frame, length)
+        T = self.clip_len
+        for v, (_, frames) in enumerate(self.videos):
+            n = len(frames)
+            if T is None:
+                self.clips.append((v, 0, n))
+            elif self.train:
+                k = n // T
+                offset = int(np.random.default_rng([self.seed, epoch, v, 0]).integers(n - k * T + 1))
+                self.clips += [(v, offset + i * T, T) for i in range(k)]
+            else:  # every frame once; the last clip may be shorter
+                self.clips += [(v, s, min(T, n - s)) for s in range(0, n, T)]
+
+    def __len__(self):
+        return len(self.clips)
+
+    def __getitem__(self, index):
+        v, start, length = self.clips[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index, 1]) if self.train else None
+        item = self._clip(v, range(start, start + length), rng)
+        name, frames = self.videos[v]
+        return {**item, "video": name, "frames": frames[start:start + length]}
+
+    def frame(self, v, t):
+        """Frame t of video v, whole and un-augmented: pixel_values (3, H, W), labels (H, W), name, ..."""
+        item = {key: x[0] for key, x in self._clip(v, [t]).items()}
+        return {**item, "name": self.videos[v][1][t]}
+
+    def to_raw(self, labels):
+        """Class map (H, W) (0..num_classes-1, IGNORE_INDEX) -> uint8 numpy (H, W) in the dataset's raw ids."""
+        return self.raw_lut[np.asarray(labels, dtype=np.int64)]
+
+    def _clip(self, v, ts, rng=None):
+        """Frames ts of video v as tensors, all under one random geometry when rng is given."""
+        images, labels, cue = self._load(v, ts)  # (T, H, W, 3) uint8, raw (T, H, W) uint8 or None, bool or None
+        H, W = images.shape[1:3]
+        if rng is None:
+            region, size, flip, out = (0, 0, H, W), (H, W), False, (H, W)
+        else:
+            region, size, flip = _random_geometry(H, W, self.crop, rng)
+            out = self.crop or size
+        pixels = _warp(torch.from_numpy(images).permute(0, 3, 1, 2), region, size, flip, out, "bilinear", 0)
+        item = {"pixel_values": pixels.float().sub_(_MEAN255).div_(_STD255)}  # (T, 3, H, W)
+        if labels is not None:
+            labels = _warp(torch.from_numpy(labels)[:, None], region, size, flip, out, "nearest-exact", IGNORE_INDEX)
+            item["labels"] = torch.from_numpy(self.lut[labels[:, 0].numpy()])  # (T, H, W) int64 classes
+        if cue is not None:
+            cue = _warp(torch.from_numpy(cue).view(torch.uint8)[:, None], region, size, flip, out, "nearest-exact", 0)
+            item["cue_hidden"] = cue[:, 0].bool()  # (T, H, W)
+        return item
+
+
+class FolderClips(ClipDataset):
+    """Frames, and labels if any, read from image files: files[v][t] = (image path, label path or None)."""
+
+    def __init__(self, videos, files, class_names, **kwargs):
+        self.files = files
+        super().__init__(videos, class_names, **kwargs)
+
+    def _load(self, v, ts):
+        images = labels = None
+        for i, t in enumerate(ts):
+            image_path, label_path = self.files[v][t]
+            image = _open(image_path)
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+            if images is None:
+                W, H = image.size
+                images = np.empty((len(ts), H, W, 3), np.uint8)
+                labels = None if label_path is None else np.empty((len(ts), H, W), np.uint8)
+            elif image.size != (W, H):
+                raise DataError(f"{image_path}: size {image.size} differs from the clip's first frame {(W, H)}")
+            images[i] = np.asarray(image)
+            if label_path is not None:
+                labels[i] = self._label(label_path, image.size)
+        return images, labels, None
+
+    def _label(self, path, size):
+        """The raw label map at path, checked: uint8 (H, W)."""
+        label = _open(path)
+        if label.mode not in ("L", "P"):  # P: VSPW's palette PNGs, whose indices are the raw ids
+            raise DataError(f"{path}: labels must be an 8-bit single-channel PNG, not mode {label.mode}")
+        if label.size != size:
+            raise DataError(f"{path}: size {label.size} differs from its frame's {size}")
+        bad = np.flatnonzero((np.asarray(label.histogram()) > 0) & (self.lut < 0))
+        if bad.size:
+            top = np.flatnonzero(self.lut[:IGNORE_INDEX] >= 0).max()
+            raise DataError(f"{path}: label values {bad.tolist()} out of range (valid: 0..{top}, {IGNORE_INDEX})")
+        return np.asarray(label)
+
+
+def _vspw(root, split, min_frames, **common):
+    """VSPW: raw mask ids 1..124 are classes 0..123, raw 0 ("others") and 255 are ignored."""
+    split_file = os.path.join(root, f"{split}.txt")
+    names = _lines(split_file)
+    videos, files, skipped = [], [], 0
+    for name in names:
+        folder = os.path.join(root, "data", name)
+        frames = _listing(os.path.join(folder, "origin"), (".jpg", ".jpeg", ".png"))
+        masks = None
+        if split != "test":  # the test split has no masks
+            masks = _listing(os.path.join(folder, "mask"), (".png",))
+            _check_pairs(frames, masks, os.path.join(folder, "mask"))
+        if len(frames) < min_frames:
+            skipped += 1
+            continue
+        videos.append((name, list(frames)))
+        files.append([(frames[f], None if masks is None else masks[f]) for f in frames])
+    if skipped:
+        print(f"{split_file}: skipped {skipped} of {len(names)} videos with fewer than {min_frames} frames",
+              file=sys.stderr)
+    lut = np.full(256, -1)
+    lut[1:VSPW_NUM_CLASSES + 1] = np.arange(VSPW_NUM_CLASSES)
+    lut[0] = lut[255] = IGNORE_INDEX
+    raw_lut = np.zeros(256, np.uint8)  # ignore -> 0 ("others")
+    raw_lut[:VSPW_NUM_CLASSES] = np.arange(1, VSPW_NUM_CLASSES + 1)
+    return FolderClips(videos, files, _vspw_class_names(root), where=split_file, lut=lut, raw_lut=raw_lut, **common)
+
+
+def _vspw_class_names(root):
+    """The 124 class names from ROOT/label_num_dic_final.json ({name: raw id}), else generic ones."""
+    path = os.path.join(root, "label_num_dic_final.json")
+    if not os.path.exists(path):
+        return [f"class_{c}" for c in range(VSPW_NUM_CLASSES)]
+    try:
+        with open(path) as f:
+            names = {int(raw): name for name, raw in json.load(f).items()}
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise DataError(f"{path}: not a JSON object of class name -> raw id ({e})") from None
+    missing = [raw for raw in range(1, VSPW_NUM_CLASSES + 1) if raw not in names]
+    if missing:
+        raise DataError(f"{path}: no class name for raw ids {missing}")
+    return [names[raw] for raw in range(1, VSPW_NUM_CLASSES + 1)]
+
+
+_CITY_IMAGE = re.compile(r"(\d{4})_(\d{4})_.+_(?:newImg8bit|leftImg8bit)\.png")
+_CITY_LABEL = re.compile(r"(\d{4})_(\d{4})_.*\.png")
+
+
+def _cityscapes_vps(root, split, **common):
+    """Cityscapes-VPS: frames grouped by the video id VVVV, ordered by FFFF; train/val keep the annotated ones."""
+    image_dir = os.path.join(root, split, "img")
+    images = _by_prefix(image_dir, _CITY_IMAGE, "VVVV_FFFF_<city>_<seq>_<frame>_newImg8bit.png")
+    labels = None
+    if split != "test":
+        label_dir = os.path.join(root, split, "labelmap")
+        labels = _by_prefix(label_dir, _CITY_LABEL, "VVVV_FFFF_*.png")
+        for key, path in labels.items():
+            if key not in images:
+                raise DataError(f"{path}: no image {key[0]}_{key[1]}_*.png in {image_dir}")
+        if len(labels) < len(images):
+            print(f"{image_dir}: loading the {len(labels)} annotated frames of {len(images)}", file=sys.stderr)
+    videos, files = [], []
+    for key in sorted(images if labels is None else labels):  # fixed-width digits: text order is numeric order
+        if not videos or videos[-1][0] != key[0]:
+            videos.append((key[0], []))
+            files.append([])
+        videos[-1][1].append(os.path.basename(images[key])[:-len(".png")])
+        files[-1].append((images[key], None if labels is None else labels[key]))
+    return FolderClips(videos, files, CITYSCAPES_CLASSES, where=image_dir, **common)
+
+
+def _clips(root, **common):
+    """Your own videos: ROOT/<video>/frames, optional ROOT/<video>/labels, ROOT/classes.txt."""
+    names = sorted((d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d))),
+                   key=_natural_key)
+    videos, files, unlabelled = [], [], []
+    for name in names:
+        frames = _listing(os.path.join(root, name, "frames"), (".jpg", ".jpeg", ".png"))
+        label_dir = os.path.join(root, name, "labels")
+        labels = None
+        if os.path.isdir(label_dir):
+            labels = _listing(label_dir, (".png",))
+            _check_pairs(frames, labels, label_dir)
+        else:
+            unlabelled.append(label_dir)
+        videos.append((name, list(frames)))
+        files.append([(frames[f], None if labels is None else labels[f]) for f in frames])
+    if unlabelled and len(unlabelled) < len(names):
+        raise DataError(f"{unlabelled[0]}: missing, while other videos have labels")
+    classes_file = os.path.join(root, "classes.txt")
+    class_names = _lines(classes_file) if os.path.exists(classes_file) or not unlabelled else []
+    if len(class_names) >= IGNORE_INDEX:
+        raise DataError(f"{classes_file}: {len(class_names)} classes, at most {IGNORE_INDEX - 1} fit 8-bit labels")
+    return FolderClips(videos, files, class_names, where=root, **common)
+
+
+class Synthetic(ClipDataset):
+    """A world where time matters: blobs whose class is shown only by colour, and hidden (grey) in some frames.
+
+    Each video has `num_objects` star-shaped blobs of random outline, size (`object_size`: range of the bounding
+    diameter in pixels) and spin, moving smoothly and bouncing off the borders over a mildly textured, noisy
+    background (class `background_class` = 0). An object's class (1..num_object_classes) sets its colour and nothing
+    else. In `hidden_fraction` of the frames, drawn per object and never two in a row, the object is drawn grey: its
+    shape stays visible, its class can only come from its neighbouring frames. cue_hidden marks those pixels.
+    The world follows from (seed, split) video by video; the default train and val sets build in about a second.
+    """
+
+    COLOURS = {"red": (0.9, 0.15, 0.15), "green": (0.15, 0.8, 0.2), "blue": (0.15, 0.3, 0.95),
+               "yellow": (0.9, 0.85, 0.1), "magenta": (0.85, 0.2, 0.85), "cyan": (0.1, 0.85, 0.85)}
+    SPLITS = ("train", "val", "test")
+
+    def __init__(self, split="train", num_videos=None, num_frames=24, size=(64, 96), num_object_classes=3,
+                 num_objects=3, object_size=(16, 32), hidden_fraction=1 / 3, clip_len=8, train=True, crop=None,
+                 seed=0):
+        if split not in self.SPLITS:
+            raise DataError(f"synthetic: unknown split {split!r} (train, val or test)")
+        if not 1 <= num_object_classes <= len(self.COLOURS):
+            raise ValueError(f"num_object_classes must be 1..{len(self.COLOURS)}")
+        if object_size[1] >= min(size) or round(hidden_fraction * num_frames) > (num_frames + 1) // 2:
+            raise ValueError("objects must fit the frame and hidden frames must fit between visible ones")
+        num_videos = num_videos or (64 if split == "train" else 32)
+        names = list(self.COLOURS)[:num_object_classes]
+        palette = np.array([self.COLOURS[n] for n in names])
+        world = [_synthetic_video(np.random.default_rng([seed, self.SPLITS.index(split), v, 2]), num_frames, *size,
+                                  palette, num_objects, object_size, hidden_fraction) for v in range(num_videos)]
+        self.images, self.labels, self.cue = (np.stack(x) for x in zip(*world))  # (V, T, H, W, 3), (V, T, H, W) x2
+        self.background_class = 0
+        videos = [(f"{split}-{v:03d}", [f"{t:03d}" for t in range(num_frames)]) for v in range(num_videos)]
+        super().__init__(videos, ["background", *names], clip_len, train, crop, seed, where=f"synthetic {split}")
+
+    def _load(self, v, ts):
+        ts = np.asarray(ts)
+        return self.images[v, ts], self.labels[v, ts], self.cue[v, ts]
+
+
+def _synthetic_video(rng, T, H, W, palette, num_objects, object_size, hidden_fraction):
+    """One synthetic video: images uint8 (T, H, W, 3), labels uint8 (T, H, W), cue_hidden bool (T, H, W)."""
+    O = num_objects
+    t = np.arange(T)[:, None]  # (T, 1)
+    classes = rng.integers(1, len(palette) + 1, O)
+    radius = rng.uniform(*object_size, O) / 2
+    harmonics = (2, 3, 5)  # outline r(angle) = 1 + sum_k a_k cos(k angle + phase_k), shrunk to radius
+    amplitude = rng.uniform(0, [0.2, 0.1, 0.05], (O, 3)).astype(np.float32)
+    phase = rng.uniform(0, 2 * np.pi, (O, 3)).astype(np.float32)
+    spin = rng.uniform(0, 2 * np.pi, O) + rng.uniform(-0.08, 0.08, O) * t  # (T, O)
+    speed, heading = rng.uniform(0.5, 1.5, O), rng.uniform(0, 2 * np.pi, O)
+    cy = _bounce(rng.uniform(radius, H - radius) + speed * np.sin(heading) * t, radius, H - radius)  # (T, O)
+    cx = _bounce(rng.uniform(radius, W - radius) + speed * np.cos(heading) * t, radius, W - radius)
+
+    # each object drawn in an S x S window around its centre, then pasted into a canvas padded by S
+    S = int(np.ceil(object_size[1])) + 2
+    y0, x0 = np.floor(cy).astype(int) - S // 2, np.floor(cx).astype(int) - S // 2  # (T, O) window corners
+    dy = (y0[..., None] + np.arange(S) + 0.5 - cy[..., None])[..., None].astype(np.float32)  # (T, O, S, 1)
+    dx = (x0[..., None] + np.arange(S) + 0.5 - cx[..., None])[..., None, :].astype(np.float32)  # (T, O, 1, S)
+    angle = np.arctan2(dy, dx) - spin[..., None, None].astype(np.float32)  # (T, O, S, S)
+    outline = 1 + sum(amplitude[:, i, None, None] * np.cos(k * angle + phase[:, i, None, None])
+                      for i, k in enumerate(harmonics))
+    inside = np.sqrt(dy**2 + dx**2) * (1 + amplitude.sum(1))[:, None, None] <= radius[:, None, None] * outline
+    owner = np.full((T, H + 2 * S, W + 2 * S), O, np.uint8)  # which object each pixel shows, O: background
+    rows = (y0 + S)[..., None, None] + np.arange(S)[:, None]  # (T, O, S, 1)
+    cols = (x0 + S)[..., None, None] + np.arange(S)  # (T, O, 1, S)
+    for o in range(O):  # later objects in front
+        window = (t[..., None], rows[:, o], cols[:, o])
+        owner[window] = np.where(inside[:, o], o, owner[window])
+    owner = owner[:, S:S + H, S:S + W]
+
+    k = round(hidden_fraction * T)
+    hidden = np.zeros((T, O + 1), bool)  # last column: background, never hidden
+    for o in range(O):  # k of T frames, none adjacent: choose from T - k + 1 slots, then spread them apart
+        hidden[np.sort(rng.choice(T - k + 1, k, replace=False)) + np.arange(k), o] = True
+    colour = palette[classes - 1] + rng.uniform(-0.06, 0.06, (O, 3))
+    grey = rng.uniform(0.45, 0.65, (O, 1)).repeat(3, 1)  # drawn independently of the class
+    table = np.concatenate([np.where(hidden[:, :O, None], grey, colour), np.zeros((T, 1, 3))], 1)  # (T, O + 1, 3)
+    table = table.astype(np.float32)
+
+    y, x = np.mgrid[0:H, 0:W].astype(np.float32)
+    background = (rng.uniform(0.2, 0.4) + rng.uniform(-0.05, 0.05, 3)).astype(np.float32)  # a dim, tinted grey
+    for _ in range(2):  # plus two faint gratings
+        freq, direction = rng.uniform(1 / 20, 1 / 6), rng.uniform(0, np.pi)
+        wave = np.sin(2 * np.pi * freq * (y * np.sin(direction) + x * np.cos(direction)) + rng.uniform(0, 2 * np.pi))
+        background = background + 0.05 * wave[..., None]  # (H, W, 3)
+    image = np.take(table.reshape(-1, 3), t[..., None] * (O + 1) + owner, axis=0)  # (T, H, W, 3): table[t, owner]
+    np.copyto(image, background, where=(owner == O)[..., None])
+    image += rng.random((T, H, W, 1), dtype=np.float32) * 0.1 - 0.05  # pixel noise
+    image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    labels = np.append(classes, 0)[owner].astype(np.uint8)
+    return image, labels, hidden[t[..., None], owner]
+
+
+def _bounce(p, lo, hi):
+    """Positions p along a straight line, reflected at lo and hi: a ball bouncing between two walls."""
+    span = hi - lo
+    q = np.mod(p - lo, 2 * span)
+    return lo + np.where(q > span, 2 * span - q, q)
+
+
+def mask_targets(labels):
+    """HF MaskFormer targets of a class map labels (H, W): mask_labels float32 (n, H, W), one binary mask per
+    class present (IGNORE_INDEX excluded), and class_labels int64 (n,); all ignored: (0, H, W) and (0,)."""
+    classes = torch.bincount(labels.flatten(), minlength=256)[:IGNORE_INDEX].nonzero().flatten()  # (n,) sorted
+    return (labels[None] == classes[:, None, None]).float(), classes
+
+
+def collate(items):
+    """Batch B clip items: pixel_values (B, T, 3, H, W), labels (B, T, H, W), mask_labels and class_labels (lists of
+    B*T targets, frame b*T + t at index b*T + t), video (B names), frames (B lists), cue_hidden (B, T, H, W)."""
+    batch = {"pixel_values": torch.stack([item["pixel_values"] for item in items]),
+             "video": [item["video"] for item in items], "frames": [item["frames"] for item in items]}
+    if "labels" in items[0]:
+        batch["labels"] = torch.stack([item["labels"] for item in items])
+        targets = [mask_targets(frame) for frame in batch["labels"].flatten(0, 1)]
+        batch["mask_labels"] = [masks for masks, _ in targets]
+        batch["class_labels"] = [classes for _, classes in targets]
+    if "cue_hidden" in items[0]:
+        batch["cue_hidden"] = torch.stack([item["cue_hidden"] for item in items])
+    return batch
+
+
+def _random_geometry(H, W, crop, rng):
+    """One random scale, crop and flip for a clip of H x W frames -> (region, size, flip): the frames' region
+    (y, x, h, w) is resized to size (at most crop, which is (h, w)), then mirrored if flip. crop=None: flip only."""
+    flip = bool(rng.random() < 0.5)
+    if crop is None:
+        return (0, 0, H, W), (H, W), flip
+    scale = rng.uniform(*SCALES)
+    h, w = min(crop[0], max(1, round(H * scale))), min(crop[1], max(1, round(W * scale)))
+    h0, w0 = min(H, max(1, round(h / scale))), min(W, max(1, round(w / scale)))  # the region in the frame
+    return (int(rng.integers(H - h0 + 1)), int(rng.integers(W - w0 + 1)), h0, w0), (h, w), flip
+
+
+def _warp(frames, region, size, flip, out, mode, pad):
+    """uint8 (T, C, H, W) -> (T, C, *out): region (y, x, h, w) resized to size, mirrored if flip, padded with pad."""
+    y, x, h, w = region
+    frames = frames[:, :, y:y + h, x:x + w]
+    if (h, w) != tuple(size):  # torch's uint8 kernels: much faster than PIL or float per frame
+        frames = F.interpolate(frames, size=size, mode=mode, antialias=mode == "bilinear")
+    if flip:
+        frames = frames.flip(-1)
+    if tuple(out) != tuple(size):
+        frames = F.pad(frames, (0, out[1] - size[1], 0, out[0] - size[0]), value=pad)
+    return frames.contiguous()
+
+
+def _open(path):
+    """The decoded image at path (PIL); DataError if it cannot be read."""
+    try:
+        image = Image.open(path)
+        image.load()  # decode now: truncated and corrupt files fail here
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: unreadable image ({e})") from None
+    return image
+
+
+def _listing(folder, extensions):
+    """{file stem: path} of the files in folder ending in one of extensions, in frame order."""
+    if not os.path.isdir(folder):
+        raise DataError(f"{folder}: no such folder")
+    found = {}
+    for name in os.listdir(folder):
+        stem, extension = os.path.splitext(name)
+        if extension.lower() in extensions:
+            if stem in found:
+                raise DataError(f"{folder}: two files for frame {stem!r}")
+            found[stem] = os.path.join(folder, name)
+    if not found:
+        raise DataError(f"{folder}: no {'/'.join(extensions)} files")
+    return {stem: found[stem] for stem in sorted(found, key=_natural_key)}
+
+
+def _check_pairs(frames, labels, label_dir):
+    """DataError unless the label files have exactly the frames' stems."""
+    if frames.keys() != labels.keys():
+        odd = sorted(frames.keys() ^ labels.keys(), key=_natural_key)
+        raise DataError(f"{label_dir}: {len(labels)} label files for {len(frames)} frames ({odd[0]!r} is not in both)")
+
+
+def _by_prefix(folder, pattern, expected):
+    """{(VVVV, FFFF): path} of the files in folder; every name must match pattern."""
+    if not os.path.isdir(folder):
+        raise DataError(f"{folder}: no such folder")
+    found = {}
+    for name in os.listdir(folder):
+        if name.startswith("."):
+            continue
+        match = pattern.fullmatch(name)
+        if match is None:
+            raise DataError(f"{os.path.join(folder, name)}: name is not {expected}")
+        if match.groups() in found:
+            raise DataError(f"{os.path.join(folder, name)}: a second file for {'_'.join(match.groups())}")
+        found[match.groups()] = os.path.join(folder, name)
+    if not found:
+        raise DataError(f"{folder}: no {expected} files")
+    return found
+
+
+def _lines(path):
+    """The non-empty lines of a text file, stripped."""
+    try:
+        with open(path) as f:
+            lines = [line.strip() for line in f]
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+    lines = [line for line in lines if line]
+    if not lines:
+        raise DataError(f"{path}: empty")
+    return lines
+
+
+def _natural_key(name):
+    """Sort key putting frame2 before frame10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
