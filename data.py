@@ -25,7 +25,6 @@ Your own clips (`clips`):
 Synthetic (`synthetic`): generated in memory from the seed, no files; see `Synthetic`.
 """
 import json
-import math
 import os
 import re
 import sys
@@ -79,10 +78,13 @@ def build_dataset(name, root=None, split="train", clip_len=8, train=True, crop=N
 
 
 class ClipDataset(Dataset):
-    """Clips of T consecutive frames of `videos`; subclasses read them in `_load(v, frame indices)`.
+    """Clips of T consecutive frames of `videos`; subclasses read the frames in `_load(v, frame indices)`.
 
+    An item: pixel_values float32 (T, 3, H, W) normalised, labels int64 (T, H, W) (0..num_classes-1, IGNORE_INDEX;
+    absent without labels), cue_hidden bool (T, H, W) (synthetic only), video (str), frames (T frame names).
     Training covers every video each epoch with n // T clips starting at a random offset drawn in set_epoch, so
     len() never changes; all randomness comes from (seed, epoch, video or item index), never from global state.
+    Evaluation: consecutive clips that show every frame once (the last of a video may be shorter), or whole videos.
     """
 
     def __init__(self, videos, class_names, clip_len, train, crop, seed, where, lut=None, raw_lut=None):
@@ -301,7 +303,7 @@ class Synthetic(ClipDataset):
     background (class `background_class` = 0). An object's class (1..num_object_classes) sets its colour and nothing
     else. In `hidden_fraction` of the frames, drawn per object and never two in a row, the object is drawn grey: its
     shape stays visible, its class can only come from its neighbouring frames. cue_hidden marks those pixels.
-    The world follows from (seed, split) video by video; the default train and val sets build in about a second.
+    The world follows from (seed, split), video by video, and is built in memory when the dataset is made.
     """
 
     COLOURS = {"red": (0.9, 0.15, 0.15), "green": (0.15, 0.8, 0.2), "blue": (0.15, 0.3, 0.95),

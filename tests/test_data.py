@@ -309,6 +309,15 @@ def test_synthetic_hides_the_class_cue(synthetic):
     assert 0.3 < per_frame.mean() < 0.95 and objects.mean() > 0.08
 
 
+def test_synthetic_hidden_frames_never_come_two_in_a_row():
+    ds = build_dataset("synthetic", num_videos=6, num_frames=12, size=(32, 48), num_objects=1, object_size=(8, 16),
+                       clip_len=4)
+    assert ds.images.shape == (6, 12, 32, 48, 3)
+    hidden = ds.cue.reshape(6, 12, -1).any(-1)  # (V, T): one object, so the frames where it is grey
+    assert (hidden.sum(1) == 4).all()  # a third of 12 frames
+    assert not (hidden[:, 1:] & hidden[:, :-1]).any()  # a neighbour always shows the class
+
+
 def test_synthetic_training_crop_and_flip_keep_cue_aligned():
     ds = build_dataset("synthetic", num_videos=2, clip_len=4, crop=(48, 48), seed=1)
     for epoch in range(3):
