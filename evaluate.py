@@ -5,7 +5,7 @@ saved predictions, pictures like the paper's Figures 2-3, and the paper's Tables
     python evaluate.py --checkpoint RUN/best --data vspw --root ROOT [--split val] [--clip-len T]
         [--save-predictions DIR] [--visualize DIR --num-vis N] [--amp] [--device cuda]
         -> RUN/eval-<split>.json and RUN/eval-<split>.md (eval-<split>-clip<T>.* with --clip-len)
-    python evaluate.py --table RUN [RUN ...] [--split val] [--out FILE]
+    python evaluate.py --table RUN [RUN ...] [--split val] [--clip-len T] [--out FILE]
 
 Whole videos run in memory bounded by a few frames: the shift touches only the decoded queries, and frame t's
 output depends on frames t-1, t, t+1 only, so predict_video decodes a few frames at a time and keeps one frame of
@@ -201,38 +201,40 @@ def to_rgb(pixel_values):
 def draw_video(rows, class_names):
     """A picture like the paper's Figures 2-3: one row per frame, columns image, ground truth (if any), prediction.
 
-    rows: [(pixel_values (3, H, W), labels (H, W) or None, prediction (H, W))]. Below the grid, a legend of the
-    classes present. Returns a PIL image.
+    rows: [(pixel_values (3, H, W), labels (H, W) or None, prediction (H, W))] (CPU). Column titles above, a
+    legend of the classes present below; frames wider than VIS_WIDTH are scaled down. Returns a PIL RGB image.
     """
     H, W = rows[0][0].shape[-2:]
     scale = min(1.0, VIS_WIDTH / W)
     h, w = round(H * scale), round(W * scale)
+    titles = ["image"] + (["ground truth"] if rows[0][1] is not None else []) + ["prediction"]
     cells = [[Image.fromarray(to_rgb(x)).resize((w, h), Image.BILINEAR)]
-             + [Image.fromarray(colorize(m.cpu())).resize((w, h), Image.NEAREST) for m in (y, p) if m is not None]
+             + [Image.fromarray(colorize(m)).resize((w, h), Image.NEAREST) for m in (y, p) if m is not None]
              for x, y, p in rows]
     present = sorted({int(c) for _, y, p in rows for m in (y, p) if m is not None for c in m.unique()}
                      - {data.IGNORE_INDEX})
-    font = ImageFont.load_default()
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    line_h, swatch, gap = 16, 12, 12
-    entries, x, y = [], gap, 0  # legend layout: swatch + name, wrapped at the grid's width
+    font, line, swatch, gap = ImageFont.load_default(), 16, 12, 2  # gap: white between cells
+    text_width = lambda text: ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), text, font=font)[2]  # noqa: E731
+    width = len(titles) * (w + gap) - gap
+    entries, x, y = [], 4, 0  # the legend: swatch and "id name", wrapped at the picture's width
     for c in present:
         text = f"{c} {class_names[c]}"
-        width = swatch + 4 + measure.textbbox((0, 0), text, font=font)[2]
-        if x + width > w * len(cells[0]) and x > gap:
-            x, y = gap, y + line_h
+        size = swatch + 4 + text_width(text)
+        if x + size > width and x > 4:
+            x, y = 4, y + line
         entries.append((c, text, x, y))
-        x += width + gap
-    legend_h = y + line_h + 8 if present else 0
-    picture = Image.new("RGB", (w * len(cells[0]), h * len(cells) + legend_h), "white")
+        x += size + 12
+    top, bottom = line, line + len(rows) * (h + gap)  # the grid's rows
+    picture = Image.new("RGB", (width, bottom + (y + line + 4 if present else 0)), "white")
+    draw = ImageDraw.Draw(picture)
+    for col, title in enumerate(titles):
+        draw.text((col * (w + gap) + 2, 2), title, fill="black", font=font)
     for r, row in enumerate(cells):
         for col, cell in enumerate(row):
-            picture.paste(cell, (col * w, r * h))
-    draw = ImageDraw.Draw(picture)
+            picture.paste(cell, (col * (w + gap), top + r * (h + gap)))
     for c, text, x, y in entries:
-        top = h * len(cells) + 4 + y
-        draw.rectangle([x, top + 2, x + swatch - 1, top + swatch + 1], fill=tuple(int(v) for v in PALETTE[c + 1]))
-        draw.text((x + swatch + 4, top), text, fill="black", font=font)
+        draw.rectangle([x, bottom + y + 2, x + swatch - 1, bottom + y + swatch + 1], fill=tuple(PALETTE[c + 1].tolist()))
+        draw.text((x + swatch + 4, bottom + y), text, fill="black", font=font)
     return picture
 
 
@@ -257,8 +259,8 @@ def _read_frames(dataset, v, read):
 
 @torch.no_grad()
 def evaluate(model, dataset, device=None, clip_len=None, amp=False, progress=True, save_predictions=None,
-             visualize=None, num_vis=4, chunk=8):
-    """Run `model` on every video of `dataset` (one built with clip_len=None) and score it.
+             visualize=None, num_vis=4, chunk=8, max_videos=None):
+    """Run `model` on every video of `dataset` (one built with clip_len=None; max_videos: the first ones only).
 
     Whole videos run as one clip each (memory bounded by chunk + 2 frames, see stream_logits), or as independent
     clips of clip_len frames. device: where the model and metrics run (default: the model's device).
@@ -276,9 +278,10 @@ def evaluate(model, dataset, device=None, clip_len=None, amp=False, progress=Tru
     C, ignore = dataset.num_classes, data.IGNORE_INDEX
     overall, subsets = SegMetrics(C), {}
     vc_totals = {k: [0.0, 0] for k in (8, 16)}  # sum of acc_i, number of windows
-    num_frames = sum(len(frames) for _, frames in dataset.videos)
+    videos = dataset.videos[:max_videos]
+    num_frames = sum(len(frames) for _, frames in videos)
     bar = tqdm(total=num_frames, unit="frame", disable=not progress)
-    for v, (video, frames) in enumerate(dataset.videos):
+    for v, (video, frames) in enumerate(videos):
         vcs = {k: VideoConsistency(k) for k in vc_totals}
         shown = set(np.linspace(0, len(frames) - 1, VIS_FRAMES).round().astype(int)) if visualize and v < num_vis else ()
         rows, read = [], collections.deque()  # read: frames whose predictions are still to come (chunk + 1 at most)
@@ -308,7 +311,7 @@ def evaluate(model, dataset, device=None, clip_len=None, amp=False, progress=Tru
             draw_video(rows, dataset.class_names).save(Path(visualize) / f"{video}.png")
     bar.close()
     model.train(was_training)
-    results = {"num_videos": len(dataset.videos), "num_frames": num_frames}
+    results = {"num_videos": len(videos), "num_frames": num_frames}
     if overall.confusion is not None:
         scores = overall.compute()
         results.update(miou=scores["miou"], pixel_acc=scores["pixel_acc"])
@@ -428,10 +431,15 @@ def _first_line(e):
 RUN_KEYS = ("checkpoint", "data", "split", "clip_len", "shift_div", "match", "causal", "channels", "results")
 
 
-def _load_run(run_dir, split):
-    path = Path(run_dir) / f"eval-{split}.json"
+def _eval_name(split, clip_len):
+    """File name (no suffix) of an evaluation in its run folder."""
+    return f"eval-{split}" + (f"-clip{clip_len}" if clip_len else "")
+
+
+def _load_run(run_dir, split, clip_len):
+    path = Path(run_dir) / f"{_eval_name(split, clip_len)}.json"
     if not path.is_file():
-        fail(f"--table {run_dir}: no {path.name} (run evaluate.py --checkpoint {run_dir}/best --split {split} first)")
+        fail(f"--table {run_dir}: no {path.name} (run evaluate.py --checkpoint {run_dir}/best first)")
     try:
         run = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -442,10 +450,10 @@ def _load_run(run_dir, split):
 
 
 def table_main(args):
-    runs = [_load_run(run_dir, args.split) for run_dir in args.table]
-    if len({(run["data"], run["clip_len"]) for run in runs}) > 1:
-        fail("--table: the runs were evaluated on different data or clip lengths: "
-             + ", ".join(f"{d} {c or 'whole videos'}" for d, c in sorted({(r["data"], str(r["clip_len"])) for r in runs})))
+    runs = [_load_run(run_dir, args.split, args.clip_len) for run_dir in args.table]
+    evaluated_on = {f"{run['data']} ({run.get('max_videos') or 'all'} videos)" for run in runs}
+    if len(evaluated_on) > 1:
+        fail(f"--table: the runs were evaluated on different data: {', '.join(sorted(evaluated_on))}")
     table = results_table(runs)
     print(table, end="")
     if args.out:
@@ -453,10 +461,12 @@ def table_main(args):
 
 
 def evaluate_main(args):
-    transformers.logging.set_verbosity_error()  # its loading messages would make an error more than one line
+    transformers.logging.set_verbosity_error()  # its loading messages and bars would make an error more than one line
+    transformers.logging.disable_progress_bar()
     if args.data is None:
         fail("--checkpoint needs --data")
-    for flag, value, low in (("--clip-len", args.clip_len, 1), ("--num-vis", args.num_vis, 0), ("--chunk", args.chunk, 1)):
+    for flag, value, low in (("--clip-len", args.clip_len, 1), ("--num-vis", args.num_vis, 0), ("--chunk", args.chunk, 1),
+                             ("--max-videos", args.max_videos, 1)):
         if value is not None and value < low:
             fail(f"{flag} {value}: must be at least {low}")
     checkpoint = Path(args.checkpoint)
@@ -483,14 +493,14 @@ def evaluate_main(args):
         fail(f"--device {args.device}: no CUDA device here")
     try:
         results = evaluate(model, dataset, device, args.clip_len, args.amp, save_predictions=args.save_predictions,
-                           visualize=args.visualize, num_vis=args.num_vis, chunk=args.chunk)
+                           visualize=args.visualize, num_vis=args.num_vis, chunk=args.chunk, max_videos=args.max_videos)
     except data.DataError as e:  # a bad frame file is found only when it is read
         fail(str(e))
     run = {"checkpoint": str(checkpoint), "data": args.data, "root": args.root, "split": args.split,
-           "clip_len": args.clip_len, **model.settings(),
+           "clip_len": args.clip_len, "max_videos": args.max_videos, **model.settings(),
            "channels": model.model.config.decoder_config.d_model // model.shift_div if model.shift_div else 0,
            "results": results}
-    name = f"eval-{args.split}" + (f"-clip{args.clip_len}" if args.clip_len else "")
+    name = _eval_name(args.split, args.clip_len)
     report = run_markdown(run)
     (checkpoint.parent / f"{name}.json").write_text(json.dumps(_json_safe(run), indent=2) + "\n")
     (checkpoint.parent / f"{name}.md").write_text(report)
@@ -507,10 +517,12 @@ def main(argv=None):
     parser.add_argument("--data", choices=["vspw", "cityscapes-vps", "clips", "synthetic"])
     parser.add_argument("--root", help="the dataset's folder")
     parser.add_argument("--split", default="val")
-    parser.add_argument("--clip-len", type=int, help="independent clips of T frames instead of whole videos")
+    parser.add_argument("--clip-len", type=int, help="independent clips of T frames instead of whole videos "
+                        "(with --table: tabulate those evaluations)")
     parser.add_argument("--save-predictions", metavar="DIR", help="DIR/<video>/<frame>.png in the raw label ids")
     parser.add_argument("--visualize", metavar="DIR", help="DIR/<video>.png: image, ground truth, prediction")
     parser.add_argument("--num-vis", type=int, default=4, help="videos to draw with --visualize")
+    parser.add_argument("--max-videos", type=int, help="evaluate the first N videos only (a quick look)")
     parser.add_argument("--chunk", type=int, default=8, help="frames the image model runs on at once")
     parser.add_argument("--amp", action="store_true", help="mixed precision")
     parser.add_argument("--device", help="default: cuda when present, else cpu")
