@@ -46,11 +46,11 @@ class SegMetrics:
 
     def update(self, pred, label):
         C = self.num_classes
-        label = label.to(pred.device).reshape(-1)
+        label = label.to(pred.device, torch.int64).reshape(-1)
         # ignore -> an extra ground-truth row C that is dropped: no boolean indexing, which is 5x slower
         index = torch.where(label == self.ignore_index, C, label).mul_(C).add_(pred.reshape(-1))
         counts = torch.bincount(index, minlength=(C + 1) * C)[:C * C].view(C, C)
-        self.confusion = counts if self.confusion is None else self.confusion + counts
+        self.confusion = counts if self.confusion is None else self.confusion.add_(counts)
 
     def compute(self):
         C = self.num_classes
@@ -144,9 +144,12 @@ def stream_logits(model, frames, chunk=8, amp=False):
             continue
         shifted = qshift.shift_queries(torch.stack(queries)[None], model.shift_div, model.match, model.causal)[0]
         with torch.autocast(device.type, enabled=amp):
-            class_logits, mask_logits = model.heads(shifted[halo:halo + emit], torch.stack(embeddings[halo:halo + emit]))
+            out = slice(halo, halo + emit)
+            class_logits, mask_logits = model.heads(shifted[out], torch.stack(embeddings[out]))
         yield class_logits.float(), mask_logits.float()
-        queries, embeddings = queries[halo + emit - 1:], embeddings[halo + emit - 1:]  # the last emitted is the halo
+        # the last emitted frame is the new halo; copies, so that the decoded chunks they come from can be freed
+        queries = [q.clone() for q in queries[halo + emit - 1:]]
+        embeddings = [e.clone() for e in embeddings[halo + emit - 1:]]
         halo = 1
 
 
@@ -214,12 +217,11 @@ def draw_video(rows, class_names):
     present = sorted({int(c) for _, y, p in rows for m in (y, p) if m is not None for c in m.unique()}
                      - {data.IGNORE_INDEX})
     font, line, swatch, gap = ImageFont.load_default(), 16, 12, 2  # gap: white between cells
-    text_width = lambda text: ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), text, font=font)[2]  # noqa: E731
     width = len(titles) * (w + gap) - gap
     entries, x, y = [], 4, 0  # the legend: swatch and "id name", wrapped at the picture's width
     for c in present:
         text = f"{c} {class_names[c]}"
-        size = swatch + 4 + text_width(text)
+        size = swatch + 4 + font.getbbox(text)[2]
         if x + size > width and x > 4:
             x, y = 4, y + line
         entries.append((c, text, x, y))
@@ -233,7 +235,8 @@ def draw_video(rows, class_names):
         for col, cell in enumerate(row):
             picture.paste(cell, (col * (w + gap), top + r * (h + gap)))
     for c, text, x, y in entries:
-        draw.rectangle([x, bottom + y + 2, x + swatch - 1, bottom + y + swatch + 1], fill=tuple(PALETTE[c + 1].tolist()))
+        colour = tuple(PALETTE[c + 1].tolist())
+        draw.rectangle([x, bottom + y + 2, x + swatch - 1, bottom + y + swatch + 1], fill=colour)
         draw.text((x + swatch + 4, bottom + y), text, fill="black", font=font)
     return picture
 
@@ -283,7 +286,8 @@ def evaluate(model, dataset, device=None, clip_len=None, amp=False, progress=Tru
     bar = tqdm(total=num_frames, unit="frame", disable=not progress)
     for v, (video, frames) in enumerate(videos):
         vcs = {k: VideoConsistency(k) for k in vc_totals}
-        shown = set(np.linspace(0, len(frames) - 1, VIS_FRAMES).round().astype(int)) if visualize and v < num_vis else ()
+        drawn = visualize and v < num_vis
+        shown = set(np.linspace(0, len(frames) - 1, VIS_FRAMES).round().astype(int).tolist()) if drawn else set()
         rows, read = [], collections.deque()  # read: frames whose predictions are still to come (chunk + 1 at most)
         for t, pred in enumerate(predict_video(model, _read_frames(dataset, v, read), chunk, amp, clip_len)):
             frame = read.popleft()
@@ -350,7 +354,7 @@ def run_markdown(run):
     keys = [(title, key) for title, key in keys if key in r]
     lines += ["| " + " | ".join(t for t, _ in keys) + " |", "|" + "---:|" * len(keys),
               "| " + " | ".join(_pct(r[k]) for _, k in keys) + " |", "",
-              f"{r['num_frames']} frames of {r['num_videos']} videos. Percent; mVC_k needs videos of more than k frames.",
+              f"{r['num_frames']} frames of {r['num_videos']} videos; percent; mVC_k counts videos of over k frames.",
               "", "## IoU per class (– : absent from the ground truth)", "", "| class | IoU |", "|---|---:|"]
     lines += [f"| {name} | {_pct(iou)} |" for name, iou in r["iou"].items()]
     return "\n".join(lines) + "\n"
@@ -385,7 +389,8 @@ def results_table(runs):
     header = ["shift fraction", "channels", "matching"] + (["causal"] if causal else []) + \
         ["mIoU", "pix. acc.", "Δ mIoU", "Δ pix. acc.", "mVC8"] + \
         (["hidden-cue mIoU", "hidden-cue acc."] if synthetic else []) + ["runs"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 3 + "---|" * causal + "---:|" * (len(header) - 3 - causal)]
+    text_columns = 3 + causal  # left-aligned; the numbers are right-aligned
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * text_columns + "---:|" * (len(header) - text_columns)]
     for key in order:
         group = groups[key]
         cells = [f"1/{key[0]}" if key[0] else "0", str(group[0]["channels"]), "✓" if key[1] else ""]
@@ -465,8 +470,8 @@ def evaluate_main(args):
     transformers.logging.disable_progress_bar()
     if args.data is None:
         fail("--checkpoint needs --data")
-    for flag, value, low in (("--clip-len", args.clip_len, 1), ("--num-vis", args.num_vis, 0), ("--chunk", args.chunk, 1),
-                             ("--max-videos", args.max_videos, 1)):
+    for flag, value, low in (("--clip-len", args.clip_len, 1), ("--num-vis", args.num_vis, 0),
+                             ("--chunk", args.chunk, 1), ("--max-videos", args.max_videos, 1)):
         if value is not None and value < low:
             fail(f"{flag} {value}: must be at least {low}")
     checkpoint = Path(args.checkpoint)
