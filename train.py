@@ -1,0 +1,329 @@
+"""
+Train MaskFormer with shifted and matched queries on video clips (the paper's Sec. 4.2.1).
+
+    python train.py                                         # built-in synthetic set, tiny model, CPU, minutes
+    python train.py --data vspw --root data/VSPW_480p --shift 16 --match
+    python train.py --data cityscapes-vps --root data/cityscapes-vps --shift 32 --match
+    python train.py --data vspw --root data/VSPW_480p --shift 0            # the frame-by-frame baseline
+
+Several GPUs (DistributedDataParallel, one process per GPU):
+
+    torchrun --standalone --nproc_per_node 4 train.py --data vspw --root data/VSPW_480p --shift 16 --match
+
+A run writes OUT/config.json, OUT/log.jsonl and two checkpoints, OUT/last and OUT/best (by validation mIoU): each is
+a folder readable by evaluate.py and QShiftMaskFormer.from_pretrained, plus train_state.pt for --resume.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from data import DataError, build_dataset, collate
+from evaluate import evaluate
+from qshift import QShiftMaskFormer, build_model, tiny_config
+
+# -----------------------------------------------------------------------------
+# configuration: a flag given on the command line wins, then (with --resume) the run's saved config, then the
+# paper's preset for the data set (Sec. 4.2.1), then the defaults
+
+PRESETS = {  # clip_len frames per clip; batch_size clips per step (per GPU); crop (h, w)
+    "vspw": dict(clip_len=16, batch_size=1, lr=5e-4, epochs=10, crop=[480, 480]),
+    "cityscapes-vps": dict(clip_len=6, batch_size=1, lr=1e-3, epochs=50, crop=[512, 1024]),
+    "clips": dict(clip_len=8, batch_size=1, lr=5e-4, epochs=10, crop=[480, 480]),
+    "synthetic": dict(clip_len=8, batch_size=2, lr=5e-4, epochs=10, crop=None, model="tiny", workers=0),
+}
+DEFAULTS = dict(root=None, shift=16, match=True, causal=False, model="facebook/maskformer-swin-tiny-ade",
+                weight_decay=0.05, warmup=100, grad_clip=0.1, max_steps=0, out="out", seed=0, workers=4, amp=False,
+                eval_every=0, log_every=10, min_frames=32, device=None)
+
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit status 2, as for every other bad input
+        self.exit(2, f"error: {message}\n")
+
+
+parser = Parser(description=__doc__.split("\n\n")[0].strip())
+parser.add_argument("--data", choices=list(PRESETS), help="data set (default: synthetic)")
+parser.add_argument("--root", help="data set folder (not needed for synthetic)")
+parser.add_argument("--shift", type=int, help="shift 1/K of the query channels; 0 = frame-by-frame baseline (16)")
+parser.add_argument("--match", action=argparse.BooleanOptionalAction, help="match queries before shifting (on)")
+parser.add_argument("--causal", action=argparse.BooleanOptionalAction, help="online: shift from the past only (off)")
+parser.add_argument("--model", help="HF hub id or local folder of a MaskFormer, or 'tiny' for a small random one")
+parser.add_argument("--clip-len", type=int, help="frames per clip")
+parser.add_argument("--batch-size", type=int, help="clips per step and GPU")
+parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="training crop")
+parser.add_argument("--epochs", type=int)
+parser.add_argument("--max-steps", type=int, help="stop after this many steps (0: run all epochs)")
+parser.add_argument("--lr", type=float)
+parser.add_argument("--weight-decay", type=float)
+parser.add_argument("--warmup", type=int, help="linear warmup steps")
+parser.add_argument("--grad-clip", type=float, help="clip the gradient norm (0: off)")
+parser.add_argument("--min-frames", type=int, help="VSPW: skip videos shorter than this (32, as in the paper)")
+parser.add_argument("--out", help="output folder (out)")
+parser.add_argument("--resume", action="store_true", help="continue the run in --out from OUT/last")
+parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+parser.add_argument("--stop-at", type=int, help="save and exit after this step, e.g. for time-limited jobs; --resume goes on")
+parser.add_argument("--seed", type=int)
+parser.add_argument("--workers", type=int, help="DataLoader workers")
+parser.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast on CUDA")
+parser.add_argument("--eval-every", type=int, help="validate every N steps (0: only at the end)")
+parser.add_argument("--log-every", type=int)
+parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+args = parser.parse_args()
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+out = Path(args.out or DEFAULTS["out"])
+saved = {}
+if args.resume:
+    try:
+        saved = json.loads((out / "config.json").read_text())
+        state = torch.load(out / "last" / "train_state.pt", map_location="cpu", weights_only=False)
+    except FileNotFoundError as e:
+        fail(f"--resume: no run to resume in {out} ({e.filename} is missing)")
+    except Exception as e:  # a truncated or foreign file
+        fail(f"--resume: checkpoint {out / 'last'} is corrupt ({type(e).__name__}: {str(e).splitlines()[0]})")
+given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "overwrite", "stop_at")}
+data_name = given.get("data") or saved.get("data") or "synthetic"
+config = {**DEFAULTS, **PRESETS[data_name], **saved, **given, "data": data_name}
+
+# -----------------------------------------------------------------------------
+# distributed setup: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE
+
+ddp = "RANK" in os.environ
+if ddp:
+    cuda = torch.cuda.is_available() and config["device"] != "cpu"
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = f"cuda:{os.environ['LOCAL_RANK']}" if cuda else "cpu"
+    if cuda:
+        torch.cuda.set_device(device)
+else:
+    rank, world = 0, 1
+    device = config["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+master = rank == 0
+if device.startswith("cuda"):
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config["amp"] and device.startswith("cuda"))
+
+if master and not args.resume and out.exists() and any(out.iterdir()):
+    if not (out / "config.json").exists():
+        fail(f"--out {out} holds files that are not a qshift run; choose another folder")
+    if not args.overwrite:
+        fail(f"--out {out} holds another run; pass --resume to continue it or --overwrite to replace it")
+    shutil.rmtree(out)
+
+# -----------------------------------------------------------------------------
+# data and model
+
+seed = config["seed"]
+torch.manual_seed(seed)  # the same initial weights on every rank
+random.seed(seed)
+np.random.seed(seed)
+try:
+    crop = tuple(config["crop"]) if config["crop"] else None
+    train_set = build_dataset(data_name, config["root"], "train", config["clip_len"], train=True, crop=crop,
+                              min_frames=config["min_frames"], seed=seed)
+    val_set = None
+    if data_name != "clips":  # your own folder has no validation split
+        val_set = build_dataset(data_name, config["root"], "val", None, train=False,
+                                min_frames=config["min_frames"])  # seed 0: one synthetic val world for every run
+except DataError as e:
+    fail(str(e))
+
+try:
+    settings = dict(shift_div=config["shift"], match=config["match"], causal=config["causal"])
+    if args.resume:
+        model = QShiftMaskFormer.from_pretrained(out / "last", **settings)
+    elif config["model"] == "tiny":
+        model = build_model(tiny_config(train_set.num_classes, hidden_size=256, id2label=train_set.id2label), **settings)
+    else:
+        model = QShiftMaskFormer.from_pretrained(config["model"], num_labels=train_set.num_classes,
+                                                 id2label=train_set.id2label, **settings)
+except (OSError, ValueError) as e:
+    fail(str(e))
+if model.model.config.num_labels != train_set.num_classes:
+    fail(f"--model {config['model']}: {model.model.config.num_labels} classes, the data set has {train_set.num_classes}")
+model.to(device)
+raw_model = model
+if ddp:
+    model = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None)
+
+# MaskFormer's loss divides its mask terms by the number of masks of the local batch (transformers issue 26844). We
+# keep that: every rank sees batches of the same size, so DDP's gradient average is the mean of per-rank losses.
+decay = [p for n, p in raw_model.named_parameters() if p.dim() >= 2 and "embedder" not in n]
+no_decay = [p for n, p in raw_model.named_parameters() if p.dim() < 2 or "embedder" in n]
+optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config["weight_decay"]},
+                               {"params": no_decay, "weight_decay": 0.0}], lr=config["lr"])
+
+steps_per_epoch = len(train_set) // (config["batch_size"] * world)
+if steps_per_epoch == 0:
+    fail(f"--batch-size {config['batch_size']}: the training set has only {len(train_set)} clips for {world} process(es)")
+max_steps = config["max_steps"] or config["epochs"] * steps_per_epoch
+derived = dict(total_steps=max_steps, steps_per_epoch=steps_per_epoch, world_size=world, train_clips=len(train_set))
+
+
+def learning_rate(step):
+    """Linear warmup, then poly decay (power 0.9) to zero at max_steps; a function of the step alone."""
+    warmup = min(config["warmup"], max_steps // 10)
+    if step < warmup:
+        return config["lr"] * (step + 1) / warmup
+    return config["lr"] * (1 - step / max_steps) ** 0.9
+
+
+def loader_for_epoch(epoch, skip_batches):
+    """This rank's batches of one epoch, in an order fixed by (seed, epoch), less the first skip_batches."""
+    train_set.set_epoch(epoch)  # clip offsets and augmentation are drawn from (seed, epoch, index)
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    order = list(sampler)[skip_batches * config["batch_size"]:]
+    return DataLoader(train_set, batch_size=config["batch_size"], sampler=order, collate_fn=collate, drop_last=True,
+                      num_workers=config["workers"], pin_memory=device.startswith("cuda"),
+                      generator=torch.Generator().manual_seed(seed + epoch))  # leaves the global RNG alone
+
+
+def save_checkpoint(name, step, best_miou):
+    """Write OUT/<name> atomically: the new checkpoint goes to a fresh folder, then one rename of a link."""
+    folder = out / f"step-{step:07d}"
+    if not folder.exists():
+        tmp = out / f".tmp-{folder.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        raw_model.save_pretrained(tmp)
+        torch.save({"optimizer": optimizer.state_dict(), "step": step, "best_miou": best_miou,
+                    "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}},
+                   tmp / "train_state.pt")
+        tmp.rename(folder)
+    link = out / f".{name}.link"
+    link.unlink(missing_ok=True)
+    link.symlink_to(folder.name)
+    os.replace(link, out / name)  # atomic: OUT/<name> is the old or the new checkpoint, never half of one
+    in_use = {os.readlink(out / n) for n in ("last", "best") if (out / n).is_symlink()}
+    for old in out.glob("step-*"):
+        if old.name not in in_use:
+            shutil.rmtree(old)
+
+
+def write_json_atomically(path, obj):
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def validate(step):
+    results = evaluate(raw_model, val_set, device, amp=config["amp"], progress=False)
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, "val": {k: v for k, v in results.items() if not isinstance(v, dict)}}) + "\n")
+    return results
+
+
+# -----------------------------------------------------------------------------
+# the loop
+
+step, best_miou = 0, -1.0
+if args.resume:
+    optimizer.load_state_dict(state["optimizer"])
+    step, best_miou = state["step"], state["best_miou"]
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+if master:
+    out.mkdir(parents=True, exist_ok=True)
+    print(json.dumps({**config, **derived}, indent=2))
+    write_json_atomically(out / "config.json", config)
+
+stop = False
+
+
+def request_stop(signum, frame):  # Ctrl-C: finish the step, save, exit
+    global stop
+    stop = True
+
+
+signal.signal(signal.SIGINT, request_stop)
+model.train()
+pbar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True)
+frames_seen, t0 = 0, time.time()
+while step < max_steps and not stop:
+    epoch = step // steps_per_epoch
+    for batch in loader_for_epoch(epoch, step % steps_per_epoch):
+        lr = learning_rate(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        pixel_values = batch["pixel_values"].to(device, non_blocking=True)  # (B, T, 3, H, W)
+        mask_labels = [m.to(device) for m in batch["mask_labels"]]  # B*T x (n, H, W)
+        class_labels = [c.to(device) for c in batch["class_labels"]]  # B*T x (n,)
+        with autocast:
+            loss = model(pixel_values, mask_labels=mask_labels, class_labels=class_labels).loss
+        if not torch.isfinite(loss):
+            print(f"error: the loss is {loss.item()} at step {step}; stopping (OUT/last holds the last good "
+                  f"checkpoint)", file=sys.stderr)
+            sys.exit(1)
+        loss.backward()
+        if config["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        stop = stop or step == args.stop_at
+        if ddp:  # Ctrl-C may reach the ranks at different steps: all stop at the same one
+            flag = torch.tensor(float(stop), device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        frames_seen += pixel_values.shape[0] * pixel_values.shape[1] * world
+
+        if master:
+            fps = frames_seen / (time.time() - t0)
+            pbar.update(1)
+            pbar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", fps=f"{fps:.1f}")
+            if step % config["log_every"] == 0 or step == max_steps:
+                with open(out / "log.jsonl", "a") as f:
+                    f.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr, "frames_per_s": fps}) + "\n")
+        evaluate_now = step == max_steps or (config["eval_every"] and step % config["eval_every"] == 0)
+        if master and (evaluate_now or stop or step % steps_per_epoch == 0):
+            if evaluate_now and val_set is not None:
+                results = validate(step)
+                model.train()
+                miou = results["miou"]
+                parts = [f"{name} {100 * results[key]:.2f}" for name, key in (
+                    ("mIoU", "miou"), ("pixel acc", "pixel_acc"), ("mVC8", "mvc8"),
+                    ("hidden-cue mIoU", "hidden_miou"), ("visible-object mIoU", "visible_miou")) if key in results]
+                pbar.write(f"step {step}: validation " + ", ".join(parts))
+                if miou > best_miou:
+                    best_miou = miou
+                    save_checkpoint("best", step, best_miou)
+            save_checkpoint("last", step, best_miou)
+            if val_set is None:
+                save_checkpoint("best", step, best_miou)  # nothing to validate on: the best is the last
+        if ddp:
+            dist.barrier()
+        if step == max_steps or stop:
+            break
+pbar.close()
+
+if master:
+    best = f"best validation mIoU {100 * best_miou:.2f}; " if best_miou >= 0 else ""
+    print(f"{'stopped' if stop else 'done'} at step {step}/{max_steps} in {(time.time() - t0) / 60:.1f} min; "
+          f"{best}checkpoints in {out}/last and {out}/best")
+if ddp:
+    dist.destroy_process_group()
