@@ -279,6 +279,7 @@ def evaluate(model, dataset, device=None, clip_len=None, amp=False, progress=Tru
     was_training = model.training
     model.to(device).eval()
     C, ignore = dataset.num_classes, data.IGNORE_INDEX
+    class_names = dataset.class_names or list(model.model.config.id2label.values())  # own frames without labels
     overall, subsets = SegMetrics(C), {}
     vc_totals = {k: [0.0, 0] for k in (8, 16)}  # sum of acc_i, number of windows
     videos = dataset.videos[:max_videos]
@@ -312,7 +313,7 @@ def evaluate(model, dataset, device=None, clip_len=None, amp=False, progress=Tru
             vc_totals[k][1] += n
         if rows:
             Path(visualize).mkdir(parents=True, exist_ok=True)
-            draw_video(rows, dataset.class_names).save(Path(visualize) / f"{video}.png")
+            draw_video(rows, class_names).save(Path(visualize) / f"{video}.png")
     bar.close()
     model.train(was_training)
     results = {"num_videos": len(videos), "num_frames": num_frames}
@@ -488,7 +489,7 @@ def evaluate_main(args):
     except data.DataError as e:
         fail(str(e))
     num_labels = model.model.config.num_labels
-    if dataset.num_classes != num_labels:
+    if dataset.class_names and dataset.num_classes != num_labels:  # own clips without labels may have no classes
         fail(f"--data {args.data}: {dataset.num_classes} classes, but the checkpoint {checkpoint} has {num_labels}")
     try:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -222,6 +222,22 @@ def test_evaluate_scores_match_the_definitions(synthetic, monkeypatch):
     assert 0 < results["hidden_acc"] < 1 and 0 < results["mvc16"] < 1  # the check is not vacuous
 
 
+def test_own_frames_without_labels_give_predictions_and_pictures_only(tiny_model, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    (tmp_path / "clips" / "walk" / "frames").mkdir(parents=True)
+    for t in range(3):
+        Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(tmp_path / f"clips/walk/frames/{t}.png")
+    tiny_model.save_pretrained(tmp_path / "run" / "best")
+    main(["--checkpoint", str(tmp_path / "run" / "best"), "--data", "clips", "--root", str(tmp_path / "clips"),
+          "--save-predictions", str(tmp_path / "pred"), "--visualize", str(tmp_path / "vis"), "--device", "cpu"])
+    assert "no labels" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "run" / "eval-val.json").read_text())
+    assert saved["results"] == {"num_videos": 1, "num_frames": 3}
+    assert sorted(p.name for p in (tmp_path / "pred" / "walk").iterdir()) == ["0.png", "1.png", "2.png"]
+    picture = Image.open(tmp_path / "vis" / "walk.png")
+    assert picture.width == 2 * 96 + 2  # image | prediction
+
+
 # -----------------------------------------------------------------------------
 # the results table
 
