@@ -456,6 +456,8 @@ def _load_run(run_dir, split, clip_len):
 
 
 def table_main(args):
+    if args.out and not Path(args.out).parent.is_dir():
+        fail(f"--out {args.out}: no such folder {Path(args.out).parent}")
     runs = [_load_run(run_dir, args.split, args.clip_len) for run_dir in args.table]
     evaluated_on = {f"{run['data']} ({run.get('max_videos') or 'all'} videos)" for run in runs}
     if len(evaluated_on) > 1:

@@ -334,6 +334,7 @@ def bad_checkpoints(checkpoint, tmp_path_factory):
     (["--data", "synthetic"], "either --checkpoint"),
     (["--table", "{bad}/missing"], "no eval-val.json"),
     (["--table", "{bad}/corrupt-run"], "cannot read"),
+    (["--table", "{bad}/corrupt-run", "--out", "{bad}/missing/table.md"], "--out"),
 ])
 def test_bad_input_is_one_line_and_exit_status_2(args, message, bad_checkpoints, checkpoint, capfd):
     args = [a.format(bad=bad_checkpoints, good=checkpoint) for a in args]
