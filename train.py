@@ -165,7 +165,9 @@ if model.model.config.num_labels != train_set.num_classes:
 model.to(device)
 raw_model = model
 if ddp:
-    model = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None)
+    # HF's Swin backbone has a final layernorm that MaskFormer never uses (it reads per-stage norms)
+    model = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None,
+                                    find_unused_parameters=True)
 
 # MaskFormer's loss divides its mask terms by the number of masks of the local batch (transformers issue 26844). We
 # keep that: every rank sees batches of the same size, so DDP's gradient average is the mean of per-rank losses.
