@@ -1,0 +1,363 @@
+"""
+Benchmarks of qshift, every figure measured side by side in one run (in the style of nanoGPT's bench.py).
+
+    python bench.py                  # full sizes on the CPU (CUDA when present); many minutes on 2 CPU cores
+    python bench.py --quick          # smaller frames, clips and repeats: under a minute or two on 2 CPU cores
+    python bench.py --json           # one JSON object instead of the Markdown table
+    python bench.py --device cuda --frames 16 --size 512 --repeats 8
+
+Figures: (1) the cost of shift and matching over the frame-by-frame model with the same weights and input (MaskFormer
+with the Swin-T architecture of facebook/maskformer-swin-tiny-ade, random weights, built offline); (2) peak memory of
+whole-video inference, streamed (evaluate.predict_video) beside the video run as one clip; (3) 16-frame training
+clips per second from VSPW-like 480p files on one loader worker; (4) the confusion-matrix update per 480p frame.
+Ratios come from interleaved runs (A B B A ...) after a warm-up: the median of the ratios of adjacent runs.
+"""
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+from PIL import Image
+from torch.utils.data import DataLoader
+from transformers import DetrConfig, MaskFormerConfig, SwinConfig
+
+import data
+import evaluate
+import qshift
+
+QUICK = dict(frames=4, size=64, repeats=2, mem_frames=[16, 64], mem_size=64, clips=6)
+
+
+def swin_tiny_config():
+    """The architecture of facebook/maskformer-swin-tiny-ade (150 ADE20K classes), to build with random weights."""
+    backbone = SwinConfig(image_size=224, patch_size=4, embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+                          window_size=7, drop_path_rate=0.3, out_features=["stage1", "stage2", "stage3", "stage4"])
+    decoder = DetrConfig(d_model=256, decoder_layers=6, decoder_attention_heads=8, decoder_ffn_dim=2048,
+                         num_queries=100)
+    return MaskFormerConfig(backbone_config=backbone, decoder_config=decoder, fpn_feature_size=256,
+                            mask_feature_size=256, num_labels=150)
+
+
+def timed(fn, device):
+    """Seconds one call of fn takes, waiting for the device's queued work."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def side_by_side(fa, fb, repeats, device, warmup=1):
+    """Run fa and fb interleaved, A B B A A B ..., so that drifting load hits both alike.
+
+    Returns (median seconds of fa, median seconds of fb, median of the per-pair ratios fb / fa).
+    """
+    for _ in range(warmup):
+        fa(), fb()
+    pairs = []
+    for i in range(repeats):
+        if i % 2:
+            b, a = timed(fb, device), timed(fa, device)
+        else:
+            a, b = timed(fa, device), timed(fb, device)
+        pairs.append((a, b))
+    a, b = zip(*pairs)
+    return statistics.median(a), statistics.median(b), statistics.median(y / x for x, y in pairs)
+
+
+# -----------------------------------------------------------------------------
+# 1. cost of shift and matching
+
+
+def model_cost(config, frames, size, repeats, device):
+    """Forward and training-step time of the frame-by-frame model and of shift (1/16) + matching, on one clip
+    (1, frames, 3, size, size) with the same weights; and match_queries alone on (1, 16, Q, C)."""
+    torch.manual_seed(0)
+    frame_by_frame = qshift.build_model(config, shift_div=0).to(device)
+    shifted = qshift.QShiftMaskFormer(frame_by_frame.model, shift_div=16, match=True)  # the same HF model
+    x = torch.randn(1, frames, 3, size, size, device=device)
+    coarse = torch.randint(config.num_labels, (frames, 1, 4, 4)).float()  # a few blocks of classes per frame
+    labels = F.interpolate(coarse, size=(size, size), mode="nearest")[:, 0].long().to(device)  # (T, H, W)
+    mask_labels, class_labels = zip(*(data.mask_targets(frame) for frame in labels))
+    optimizer = torch.optim.AdamW(frame_by_frame.parameters(), lr=1e-5)
+
+    def forward(model):
+        with torch.no_grad():
+            model(x)
+
+    def train_step(model):
+        optimizer.zero_grad(set_to_none=True)
+        model(x, list(mask_labels), list(class_labels)).loss.backward()
+        optimizer.step()
+
+    frame_by_frame.eval()
+    fwd_a, _, fwd_ratio = side_by_side(lambda: forward(frame_by_frame), lambda: forward(shifted), repeats, device)
+    frame_by_frame.train()
+    step_a, _, step_ratio = side_by_side(lambda: train_step(frame_by_frame), lambda: train_step(shifted), repeats,
+                                         device)
+    q = torch.randn(1, 16, config.decoder_config.num_queries, config.decoder_config.d_model, device=device)
+    qshift.match_queries(q)  # warm-up
+    match = statistics.median(timed(lambda: qshift.match_queries(q), device) for _ in range(10))
+    return {"forward_ratio": fwd_ratio, "train_step_ratio": step_ratio, "forward_ms": 1e3 * fwd_a,
+            "train_step_ms": 1e3 * step_a, "match_ms": 1e3 * match}
+
+
+# -----------------------------------------------------------------------------
+# 2. whole-video inference memory, each case in a fresh process so that earlier allocations do not hide its peak
+
+
+def _status_bytes(key):
+    """A memory field of /proc/self/status (VmRSS: resident now, VmHWM: peak resident), in bytes."""
+    with open("/proc/self/status") as f:
+        return 1024 * next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
+def memory_case(mode, frames, size, config_path, device):
+    """In this process: build the model, run one video of `frames` random frames streamed ("stream") or as one clip
+    ("clip"), and return its peak memory above the built model, in MiB."""
+    model = qshift.build_model(MaskFormerConfig.from_json_file(config_path)).to(device).eval()
+    gen = torch.Generator().manual_seed(0)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+    else:
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak (VmHWM) to the resident memory now
+        start = _status_bytes("VmRSS")
+    with torch.no_grad():
+        if mode == "stream":  # frames made one at a time, as a video file is read
+            for _ in evaluate.predict_video(model, (torch.randn(3, size, size, generator=gen) for _ in range(frames))):
+                pass
+        else:
+            model(torch.randn(1, frames, 3, size, size, generator=gen).to(device))
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - start) / 2**20
+    return (_status_bytes("VmHWM") - start) / 2**20
+
+
+def memory(config, frame_counts, size, device, threads):
+    """Peak MiB of whole-video inference for the two video lengths, streamed and as one clip: four fresh processes,
+    run at once (each reads its own peak)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = os.path.join(tmp, "config.json")
+        config.to_json_file(config_path)
+        runs = {(mode, n): subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--_memory-case", mode, str(n), "--_config", config_path,
+             "--mem-size", str(size), "--device", device, "--threads", str(threads)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for mode in ("stream", "clip") for n in frame_counts}
+        peak = {}
+        for (mode, n), run in runs.items():
+            out, err = run.communicate()
+            if run.returncode:
+                raise RuntimeError(f"memory case {mode} {n} failed: {err.strip()[-2000:]}")
+            peak[mode, n] = float(out.split()[-1])
+    short, long = frame_counts
+    return {"stream_mib_short": peak["stream", short], "stream_mib_long": peak["stream", long],
+            "stream_ratio": peak["stream", long] / peak["stream", short],
+            "clip_mib_short": peak["clip", short], "clip_mib_long": peak["clip", long],
+            "clip_ratio": peak["clip", long] / peak["clip", short]}
+
+
+# -----------------------------------------------------------------------------
+# 3. data loading
+
+
+def make_vspw(root, videos=2, frames=32, width=853, height=480):
+    """Write a VSPW-like data set (official layout): JPEG frames and PNG masks of raw ids 0..124 (0: "others"),
+    scenes of 12 blocks of classes (VSPW frames show about ten) with grain, panning 4 pixels a frame, and train.txt."""
+    rng = np.random.default_rng(0)
+    palette = rng.integers(0, 256, (256, 3)).astype(np.int16)
+    names = [f"video_{v}" for v in range(videos)]
+    for name in names:
+        coarse = Image.fromarray(rng.integers(0, 125, (3, 4), dtype=np.uint8))
+        scene = np.asarray(coarse.resize((width + 4 * frames, height), Image.NEAREST))  # (H, W + 4T) raw ids
+        for sub in ("origin", "mask"):
+            os.makedirs(os.path.join(root, "data", name, sub))
+        for t in range(frames):
+            mask = scene[:, 4 * t:4 * t + width]
+            grain = rng.integers(-12, 13, (height, width, 3), dtype=np.int16)  # natural images are not flat
+            image = (palette[mask] + grain).clip(0, 255).astype(np.uint8)
+            Image.fromarray(image).save(os.path.join(root, "data", name, "origin", f"{t:05d}.jpg"), quality=90)
+            Image.fromarray(mask).save(os.path.join(root, "data", name, "mask", f"{t:05d}.png"))
+    with open(os.path.join(root, "train.txt"), "w") as f:
+        f.write("\n".join(names) + "\n")
+
+
+def data_speed(clips, clip_len=16):
+    """Training clips (480x480 crops, random scale and flip) per second through a DataLoader with one worker, and
+    the milliseconds per clip (read and collated) in this process alone, from a temporary VSPW-like folder."""
+    with tempfile.TemporaryDirectory() as root:
+        make_vspw(root, frames=2 * clip_len)
+        dataset = data.build_dataset("vspw", root, "train", clip_len=clip_len, train=True, crop=(480, 480),
+                                     min_frames=2 * clip_len)
+        single = statistics.median(timed(lambda: data.collate([dataset[i % len(dataset)]]), "cpu")
+                                   for i in range(clips))
+        loader = DataLoader(dataset, batch_size=1, sampler=[i % len(dataset) for i in range(clips + 1)],
+                            num_workers=1, collate_fn=data.collate)
+        batches = iter(loader)
+        next(batches)  # starts the worker: not timed
+        elapsed = timed(lambda: [None for _ in batches], "cpu")
+    return {"data_clips_per_s": clips / elapsed, "data_ms_per_clip": 1e3 * single}
+
+
+# -----------------------------------------------------------------------------
+# 4. metrics
+
+
+def metrics_speed(repeats=25, num_classes=data.VSPW_NUM_CLASSES, size=(480, 853)):
+    """Milliseconds per 480p frame of SegMetrics.update on one core, beside a plain masked bincount."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    pred = torch.randint(num_classes, size, generator=gen)
+    label = torch.randint(num_classes, size, generator=gen)
+    label[torch.rand(size, generator=gen) < 0.1] = data.IGNORE_INDEX
+    metrics, confusion = evaluate.SegMetrics(num_classes), torch.zeros(num_classes**2, dtype=torch.int64)
+
+    def masked_bincount():
+        keep = label != data.IGNORE_INDEX
+        confusion.add_(torch.bincount(label[keep] * num_classes + pred[keep], minlength=num_classes**2))
+
+    ours, base, _ = side_by_side(lambda: metrics.update(pred, label), masked_bincount, repeats, "cpu")
+    torch.set_num_threads(threads)
+    return {"metrics_ms": 1e3 * ours, "metrics_baseline_ms": 1e3 * base}
+
+
+# -----------------------------------------------------------------------------
+
+
+def collect(args, config):
+    """Every figure: {key: value}."""
+    return {**model_cost(config, args.frames, args.size, args.repeats, args.device),
+            **memory(config, args.mem_frames, args.mem_size, args.device, args.threads),
+            **data_speed(args.clips), **metrics_speed()}
+
+
+def rows(args):
+    """(key, figure, goal) for the table, goal as (operator, bound) or None."""
+    short, long = args.mem_frames
+    clip = f"{args.frames} frames at {args.size}x{args.size}"
+    video = f"{args.mem_size}x{args.mem_size}"
+    return [("forward_ratio", f"forward time, shift+matching / frame-by-frame ({clip})", ("<=", 1.01)),
+            ("train_step_ratio", "training step time (AdamW, HF loss), shift+matching / frame-by-frame", ("<=", 1.02)),
+            ("forward_ms", "forward, frame-by-frame (ms per clip)", None),
+            ("train_step_ms", "training step, frame-by-frame (ms per clip)", None),
+            ("match_ms", "match_queries alone (ms per 16-frame clip)", None),
+            ("stream_mib_short", f"streamed inference, {short} frames at {video} (MiB)", None),
+            ("stream_mib_long", f"streamed inference, {long} frames (MiB)", None),
+            ("stream_ratio", f"streamed inference memory, {long} / {short} frames", ("<=", 1.1)),
+            ("clip_mib_short", f"as one clip, {short} frames (MiB)", None),
+            ("clip_mib_long", f"as one clip, {long} frames (MiB)", None),
+            ("clip_ratio", f"as one clip memory, {long} / {short} frames", None),
+            ("data_clips_per_s", "16-frame 480p training clips per second, 1 loader worker", (">=", 10)),
+            ("data_ms_per_clip", "one clip in one process (ms)", None),
+            ("metrics_ms", "SegMetrics.update, 1 core (ms per 480x853 frame, 124 classes)", ("<=", 2)),
+            ("metrics_baseline_ms", "masked bincount, boolean indexing (ms per frame)", None)]
+
+
+def machine(args):
+    """CPU model, cores used and available, library versions, device name."""
+    cpu = platform.processor() or "unknown CPU"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    return {"cpu": cpu, "cores_used": args.threads, "cores_available": len(os.sched_getaffinity(0)),
+            "torch": torch.__version__, "transformers": transformers.__version__, "device": device}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit status 2, as for every other bad input
+        self.exit(2, f"error: {message}\n")
+
+
+def positive(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+parser = Parser(description=__doc__.split("\n\n")[0].strip())
+parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:i]")
+parser.add_argument("--threads", type=positive, default=len(os.sched_getaffinity(0)), help="CPU cores to use")
+parser.add_argument("--frames", type=positive, default=16, help="frames per clip for the cost figures")
+parser.add_argument("--size", type=positive, default=256, help="frame height and width for the cost figures")
+parser.add_argument("--repeats", type=positive, default=4, help="timed runs of each variant")
+parser.add_argument("--mem-frames", type=positive, nargs=2, default=[16, 128], help="the two video lengths")
+parser.add_argument("--mem-size", type=positive, default=128, help="frame height and width for the memory figures")
+parser.add_argument("--clips", type=positive, default=20, help="clips timed for the data figures")
+parser.add_argument("--quick", action="store_true", help=f"smaller defaults: {QUICK}")
+parser.add_argument("--json", action="store_true", help="print one JSON object")
+parser.add_argument("--_memory-case", nargs=2, help=argparse.SUPPRESS)  # MODE FRAMES: run by `memory`
+parser.add_argument("--_config", help=argparse.SUPPRESS)
+
+
+def parse_args(argv=None):
+    """The flags, --quick's smaller defaults filled in where a flag is not given; bad ones exit with one line."""
+    args = parser.parse_args(argv)
+    if args.quick:
+        args = parser.parse_args(argv, argparse.Namespace(**QUICK))  # preset attributes take no defaults
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        parser.error(f"--device {args.device}: use cpu or cuda[:i]")
+    if args.mem_frames[0] >= args.mem_frames[1]:
+        parser.error(f"--mem-frames {args.mem_frames[0]} {args.mem_frames[1]}: the second must be the longer video")
+    return args
+
+
+def report(args, figures):
+    """The machine, the settings and every figure with its goal and whether it is met, as one dict."""
+    table = {}
+    for key, name, goal in rows(args):
+        value = figures[key]
+        met = None if goal is None else value <= goal[1] if goal[0] == "<=" else value >= goal[1]
+        table[key] = {"figure": name, "value": value, "goal": goal and f"{goal[0]} {goal[1]}", "met": met}
+    settings = {k: getattr(args, k) for k in ("quick", "frames", "size", "repeats", "mem_frames", "mem_size", "clips")}
+    return {"machine": machine(args), "settings": settings, "figures": table}
+
+
+def markdown(rep):
+    """The report as printed: settings, machine, and a Markdown table of every figure."""
+    m = rep["machine"]
+    lines = [f"{'quick run' if rep['settings']['quick'] else 'full run'}: {rep['settings']}",
+             f"machine: {m['cpu']}, {m['cores_used']} of {m['cores_available']} cores, torch {m['torch']}, "
+             f"transformers {m['transformers']}, device {m['device']}",
+             "model: MaskFormer with the Swin-T architecture of facebook/maskformer-swin-tiny-ade, random weights", "",
+             "| figure | value | goal | met? |", "|---|---|---|---|"]
+    for row in rep["figures"].values():
+        met = "" if row["met"] is None else "yes" if row["met"] else "**no**"
+        value = f"{row['value']:.3f}" if row["value"] < 100 else f"{row['value']:.0f}"
+        lines.append(f"| {row['figure']} | {value} | {row['goal'] or ''} | {met} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args._memory_case:
+        mode, frames = args._memory_case
+        print(memory_case(mode, int(frames), args.mem_size, args._config, args.device))
+        return
+    transformers.logging.set_verbosity_error()
+    rep = report(args, collect(args, swin_tiny_config()))
+    print(json.dumps(rep, indent=2) if args.json else markdown(rep))
+
+
+if __name__ == "__main__":
+    main()
