@@ -1,0 +1,107 @@
+"""train.py end to end on the synthetic set: learning, exact resume, DDP with gloo, and every bad-input error."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--clip-len", "4", "--batch-size", "1", "--log-every", "1", "--warmup", "2"]
+
+
+def train(*flags, out, check=True):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--out", str(out), *flags],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def losses(out):
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return {line["step"]: line["loss"] for line in lines if "loss" in line}
+
+
+def test_a_short_run_learns_and_writes_loadable_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    result = train(*SMALL, "--max-steps", "40", "--shift", "16", "--lr", "1e-3", out=out)
+    log = losses(out)
+    assert sorted(log) == list(range(1, 41))
+    first, last = sum(log[s] for s in range(1, 9)) / 8, sum(log[s] for s in range(33, 41)) / 8
+    assert last < 0.8 * first, (first, last)
+    assert "validation mIoU" in result.stderr + result.stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"] == "synthetic" and config["shift"] == 16 and config["match"] is True
+
+    from qshift import QShiftMaskFormer
+    for name in ("last", "best"):
+        model = QShiftMaskFormer.from_pretrained(out / name)
+        assert model.settings() == {"shift_div": 16, "match": True, "causal": False}
+    state = torch.load(out / "last" / "train_state.pt", weights_only=False)
+    assert state["step"] == 40
+    assert not list(out.glob(".tmp-*")), "a temporary checkpoint was left behind"
+
+
+def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path):
+    flags = [*SMALL, "--max-steps", "6", "--shift", "8"]
+    train(*flags, out=tmp_path / "whole")
+    train(*flags, "--stop-at", "3", out=tmp_path / "split")
+    assert max(losses(tmp_path / "split")) == 3
+    train("--resume", out=tmp_path / "split")
+    whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
+    assert sorted(split) == list(range(1, 7))
+    assert [split[s] for s in range(1, 7)] == [whole[s] for s in range(1, 7)]  # bit for bit
+
+
+def test_ddp_with_two_gloo_processes(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(ROOT / "train.py"), "--out", str(out), *SMALL, "--max-steps", "3", "--device", "cpu"],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["data"] == "synthetic"
+    assert sorted(losses(out)) == [1, 2, 3]  # only rank 0 writes
+    assert torch.load(out / "last" / "train_state.pt", weights_only=False)["step"] == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_training_step_with_amp(tmp_path):
+    train(*SMALL, "--max-steps", "2", "--device", "cuda", "--amp", out=tmp_path / "cuda")
+
+
+def expect_error(result, *words):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_bad_input_gets_one_line_and_exit_status_2(tmp_path):
+    expect_error(train("--data", "imagenet", out=tmp_path / "a", check=False), "--data", "imagenet")
+    expect_error(train("--data", "vspw", "--root", str(tmp_path / "nowhere"), out=tmp_path / "b", check=False),
+                 "nowhere")
+    expect_error(train("--shift", "3", out=tmp_path / "c", check=False), "--shift 3")
+    expect_error(train("--resume", out=tmp_path / "d", check=False), "--resume")
+
+    corrupt = tmp_path / "corrupt"
+    (corrupt / "step-0000001").mkdir(parents=True)
+    (corrupt / "config.json").write_text(json.dumps({"data": "synthetic"}))
+    (corrupt / "step-0000001" / "train_state.pt").write_bytes(b"not a checkpoint")
+    (corrupt / "last").symlink_to("step-0000001")
+    expect_error(train("--resume", out=corrupt, check=False), "corrupt")
+
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "config.json").write_text("{}")
+    (tmp_path / "taken" / "notes.txt").write_text("keep me")
+    expect_error(train(out=tmp_path / "taken", check=False), "--resume", "--overwrite")
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "keep me"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "thesis.tex").write_text("keep me")
+    expect_error(train("--overwrite", out=tmp_path / "other", check=False), "not a qshift run")
+    assert (tmp_path / "other" / "thesis.tex").exists()
