@@ -47,7 +47,7 @@ PRESETS = {  # clip_len frames per clip; batch_size clips per step (per GPU); cr
 }
 DEFAULTS = dict(root=None, shift=16, match=True, causal=False, model="facebook/maskformer-swin-tiny-ade",
                 weight_decay=0.05, warmup=100, grad_clip=0.1, max_steps=0, out="out", seed=0, workers=4, amp=False,
-                eval_every=0, log_every=10, min_frames=32, device=None)
+                eval_every=0, val_videos=0, log_every=10, min_frames=32, device=None)
 
 
 
@@ -81,6 +81,7 @@ parser.add_argument("--seed", type=int)
 parser.add_argument("--workers", type=int, help="DataLoader workers")
 parser.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast on CUDA")
 parser.add_argument("--eval-every", type=int, help="validate every N steps (0: only at the end)")
+parser.add_argument("--val-videos", type=int, help="validate on the first N videos only (0: all)")
 parser.add_argument("--log-every", type=int)
 parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
 args = parser.parse_args()
@@ -231,7 +232,8 @@ def write_json_atomically(path, obj):
 
 
 def validate(step):
-    results = evaluate(raw_model, val_set, device, amp=config["amp"], progress=False)
+    results = evaluate(raw_model, val_set, device, amp=config["amp"], progress=False,
+                       max_videos=config["val_videos"] or None)
     with open(out / "log.jsonl", "a") as f:
         f.write(json.dumps({"step": step, "val": {k: v for k, v in results.items() if not isinstance(v, dict)}}) + "\n")
     return results

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--clip-len", "4", "--batch-size", "1", "--log-every", "1", "--warmup", "2"]
+SMALL = ["--clip-len", "4", "--batch-size", "1", "--log-every", "1", "--warmup", "2", "--val-videos", "2"]
 
 
 def train(*flags, out, check=True):
