@@ -4,6 +4,7 @@ Benchmarks of qshift, every figure measured side by side in one run (in the styl
     python bench.py                  # full sizes on the CPU (CUDA when present); many minutes on 2 CPU cores
     python bench.py --quick          # smaller frames, clips and repeats: under a minute or two on 2 CPU cores
     python bench.py --json           # one JSON object instead of the Markdown table
+    python bench.py --threads 1      # on a machine busy with other jobs, where two threads on two cores crawl
     python bench.py --device cuda --frames 16 --size 512 --repeats 8
 
 Figures: (1) the cost of shift and matching over the frame-by-frame model with the same weights and input (MaskFormer
@@ -13,15 +14,16 @@ clips per second from VSPW-like 480p files on one loader worker; (4) the confusi
 Ratios come from interleaved runs (A B B A ...) after a warm-up: the median of the ratios of adjacent runs.
 """
 import argparse
+import ctypes
 import gc
 import json
+import multiprocessing
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
@@ -35,7 +37,7 @@ import data
 import evaluate
 import qshift
 
-QUICK = dict(frames=4, size=64, repeats=2, mem_frames=[16, 64], mem_size=64, clips=6)
+QUICK = dict(frames=4, size=64, repeats=4, mem_frames=[16, 64], mem_size=64, clips=6)
 
 
 def swin_tiny_config():
@@ -114,7 +116,7 @@ def model_cost(config, frames, size, repeats, device):
 
 
 # -----------------------------------------------------------------------------
-# 2. whole-video inference memory, each case in a fresh process so that earlier allocations do not hide its peak
+# 2. whole-video inference memory, each case in a fresh process, where no earlier allocation hides its peak
 
 
 def _status_bytes(key):
@@ -123,16 +125,21 @@ def _status_bytes(key):
         return 1024 * next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
 
-def memory_case(mode, frames, size, config_path, device):
-    """In this process: build the model, run one video of `frames` random frames streamed ("stream") or as one clip
-    ("clip"), and return its peak memory above the built model, in MiB."""
-    model = qshift.build_model(MaskFormerConfig.from_json_file(config_path)).to(device).eval()
+def memory_case(mode, frames, size, config, device):
+    """Run in a fresh process: build the model, run one video of `frames` random frames streamed ("stream") or as
+    one clip ("clip"), and return its peak memory above the built model, in MiB."""
+    torch.set_num_threads(1)  # threads change the time, not the memory
+    model = qshift.build_model(config).to(device).eval()
     gen = torch.Generator().manual_seed(0)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start = torch.cuda.memory_allocated()
     else:
+        # glibc: a fixed mmap threshold (M_MMAP_THRESHOLD = -3) gives large freed blocks back at once, so the peak is
+        # that of live memory; with the default sliding threshold they linger in the heap, and the same 16-frame run
+        # varies by 20-40 MiB from one process to the next
+        ctypes.CDLL(None).mallopt(-3, 64 * 1024)
         gc.collect()
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets the peak (VmHWM) to the resident memory now
@@ -149,23 +156,15 @@ def memory_case(mode, frames, size, config_path, device):
     return (_status_bytes("VmHWM") - start) / 2**20
 
 
-def memory(config, frame_counts, size, device, threads):
-    """Peak MiB of whole-video inference for the two video lengths, streamed and as one clip: four fresh processes,
-    run at once (each reads its own peak)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        config_path = os.path.join(tmp, "config.json")
-        config.to_json_file(config_path)
-        runs = {(mode, n): subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--_memory-case", mode, str(n), "--_config", config_path,
-             "--mem-size", str(size), "--device", device, "--threads", str(threads)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for mode in ("stream", "clip") for n in frame_counts}
-        peak = {}
-        for (mode, n), run in runs.items():
-            out, err = run.communicate()
-            if run.returncode:
-                raise RuntimeError(f"memory case {mode} {n} failed: {err.strip()[-2000:]}")
-            peak[mode, n] = float(out.split()[-1])
+def memory(config, frame_counts, size, device):
+    """Peak MiB of whole-video inference for the two video lengths, streamed and as one clip, each case in a fresh
+    process forked from one that has only imported the modules, all four at once."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["qshift", "evaluate"])  # imported once, not once per case
+    with ProcessPoolExecutor(4, mp_context=context, max_tasks_per_child=1) as pool:
+        runs = {(mode, n): pool.submit(memory_case, mode, n, size, config, device)
+                for mode in ("stream", "clip") for n in frame_counts}
+        peak = {case: run.result() for case, run in runs.items()}
     short, long = frame_counts
     return {"stream_mib_short": peak["stream", short], "stream_mib_long": peak["stream", long],
             "stream_ratio": peak["stream", long] / peak["stream", short],
@@ -244,7 +243,7 @@ def metrics_speed(repeats=25, num_classes=data.VSPW_NUM_CLASSES, size=(480, 853)
 def collect(args, config):
     """Every figure: {key: value}."""
     return {**model_cost(config, args.frames, args.size, args.repeats, args.device),
-            **memory(config, args.mem_frames, args.mem_size, args.device, args.threads),
+            **memory(config, args.mem_frames, args.mem_size, args.device),
             **data_speed(args.clips), **metrics_speed()}
 
 
@@ -261,7 +260,7 @@ def rows(args):
             ("stream_mib_short", f"streamed inference, {short} frames at {video} (MiB)", None),
             ("stream_mib_long", f"streamed inference, {long} frames (MiB)", None),
             ("stream_ratio", f"streamed inference memory, {long} / {short} frames", ("<=", 1.1)),
-            ("clip_mib_short", f"as one clip, {short} frames (MiB)", None),
+            ("clip_mib_short", f"as one clip (model forward alone), {short} frames (MiB)", None),
             ("clip_mib_long", f"as one clip, {long} frames (MiB)", None),
             ("clip_ratio", f"as one clip memory, {long} / {short} frames", None),
             ("data_clips_per_s", "16-frame 480p training clips per second, 1 loader worker", (">=", 10)),
@@ -297,14 +296,12 @@ parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else
 parser.add_argument("--threads", type=positive, default=len(os.sched_getaffinity(0)), help="CPU cores to use")
 parser.add_argument("--frames", type=positive, default=16, help="frames per clip for the cost figures")
 parser.add_argument("--size", type=positive, default=256, help="frame height and width for the cost figures")
-parser.add_argument("--repeats", type=positive, default=4, help="timed runs of each variant")
+parser.add_argument("--repeats", type=positive, default=6, help="timed runs of each variant")
 parser.add_argument("--mem-frames", type=positive, nargs=2, default=[16, 128], help="the two video lengths")
 parser.add_argument("--mem-size", type=positive, default=128, help="frame height and width for the memory figures")
 parser.add_argument("--clips", type=positive, default=20, help="clips timed for the data figures")
 parser.add_argument("--quick", action="store_true", help=f"smaller defaults: {QUICK}")
 parser.add_argument("--json", action="store_true", help="print one JSON object")
-parser.add_argument("--_memory-case", nargs=2, help=argparse.SUPPRESS)  # MODE FRAMES: run by `memory`
-parser.add_argument("--_config", help=argparse.SUPPRESS)
 
 
 def parse_args(argv=None):
@@ -350,10 +347,6 @@ def markdown(rep):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args._memory_case:
-        mode, frames = args._memory_case
-        print(memory_case(mode, int(frames), args.mem_size, args._config, args.device))
-        return
     transformers.logging.set_verbosity_error()
     rep = report(args, collect(args, swin_tiny_config()))
     print(json.dumps(rep, indent=2) if args.json else markdown(rep))

@@ -20,7 +20,7 @@ def report():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two threads crawl when other jobs share the two cores
     figures = {**bench.model_cost(config, args.frames, args.size, args.repeats, args.device),
-               **bench.memory(config, args.mem_frames, args.mem_size, args.device, args.threads),
+               **bench.memory(config, args.mem_frames, args.mem_size, args.device),
                **bench.data_speed(args.clips, clip_len=2), **bench.metrics_speed(repeats=2)}
     torch.set_num_threads(threads)
     return bench.report(args, figures)
