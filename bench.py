@@ -1,8 +1,8 @@
 """
 Benchmarks of qshift, every figure measured side by side in one run (in the style of nanoGPT's bench.py).
 
-    python bench.py                  # full sizes on the CPU (CUDA when present); many minutes on 2 CPU cores
-    python bench.py --quick          # smaller frames, clips and repeats: under a minute or two on 2 CPU cores
+    python bench.py                  # full sizes, on CUDA when present, else the CPU: ~15 minutes on 1 CPU core
+    python bench.py --quick          # smaller frames, clips and repeats (QUICK below): about a minute on 2 CPU cores
     python bench.py --json           # one JSON object instead of the Markdown table
     python bench.py --threads 1      # on a machine busy with other jobs, where two threads on two cores crawl
     python bench.py --device cuda --frames 16 --size 512 --repeats 8
@@ -12,6 +12,7 @@ with the Swin-T architecture of facebook/maskformer-swin-tiny-ade, random weight
 whole-video inference, streamed (evaluate.predict_video) beside the video run as one clip; (3) 16-frame training
 clips per second from VSPW-like 480p files on one loader worker; (4) the confusion-matrix update per 480p frame.
 Ratios come from interleaved runs (A B B A ...) after a warm-up: the median of the ratios of adjacent runs.
+CPU memory is read from Linux's /proc (peak resident set size), so the CPU memory figures need Linux.
 """
 import argparse
 import ctypes
