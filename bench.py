@@ -2,7 +2,7 @@
 Benchmarks of qshift, every figure measured side by side in one run (in the style of nanoGPT's bench.py).
 
     python bench.py                  # full sizes, on CUDA when present, else the CPU: ~15 minutes on 1 CPU core
-    python bench.py --quick          # smaller frames, clips and repeats (QUICK below): about a minute on 2 CPU cores
+    python bench.py --quick          # smaller sizes and repeats (QUICK below): 1.5-2.5 minutes on 2 busy CPU cores
     python bench.py --json           # one JSON object instead of the Markdown table
     python bench.py --threads 1      # on a machine busy with other jobs, where two threads on two cores crawl
     python bench.py --device cuda --frames 16 --size 512 --repeats 8
