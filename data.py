@@ -395,21 +395,22 @@ def _bounce(p, lo, hi):
     return lo + np.where(q > span, 2 * span - q, q)
 
 
-def mask_targets(labels):
-    """HF MaskFormer targets of a class map labels (H, W): mask_labels float32 (n, H, W), one binary mask per
+def mask_targets(labels, dtype=torch.float32):
+    """HF MaskFormer targets of a class map labels (H, W): mask_labels (n, H, W) of dtype, one binary mask per
     class present (IGNORE_INDEX excluded), and class_labels int64 (n,); all ignored: (0, H, W) and (0,)."""
     classes = torch.bincount(labels.flatten(), minlength=256)[:IGNORE_INDEX].nonzero().flatten()  # (n,) sorted
-    return (labels[None] == classes[:, None, None]).float(), classes
+    return (labels[None] == classes[:, None, None]).to(dtype), classes
 
 
 def collate(items):
-    """Batch B clip items: pixel_values (B, T, 3, H, W), labels (B, T, H, W), mask_labels and class_labels (lists of
-    B*T targets, frame b*T + t at index b*T + t), video (B names), frames (B lists), cue_hidden (B, T, H, W)."""
+    """Batch B clip items: pixel_values (B, T, 3, H, W), labels (B, T, H, W), mask_labels (bool) and class_labels
+    (lists of B*T targets, frame b*T + t at index b*T + t), video (B names), frames (B lists), cue_hidden (B, T, H, W)."""
     batch = {"pixel_values": torch.stack([item["pixel_values"] for item in items]),
              "video": [item["video"] for item in items], "frames": [item["frames"] for item in items]}
     if "labels" in items[0]:
         batch["labels"] = torch.stack([item["labels"] for item in items])
-        targets = [mask_targets(frame) for frame in batch["labels"].flatten(0, 1)]
+        # bool masks: a quarter of float32's bytes to pass from loader workers; train.py makes them float on the device
+        targets = [mask_targets(frame, torch.bool) for frame in batch["labels"].flatten(0, 1)]
         batch["mask_labels"] = [masks for masks, _ in targets]
         batch["class_labels"] = [classes for _, classes in targets]
     if "cue_hidden" in items[0]:

@@ -275,7 +275,7 @@ while step < max_steps and not stop:
         for group in optimizer.param_groups:
             group["lr"] = lr
         pixel_values = batch["pixel_values"].to(device, non_blocking=True)  # (B, T, 3, H, W)
-        mask_labels = [m.to(device) for m in batch["mask_labels"]]  # B*T x (n, H, W)
+        mask_labels = [m.to(device).float() for m in batch["mask_labels"]]  # B*T x (n, H, W), bool -> float
         class_labels = [c.to(device) for c in batch["class_labels"]]  # B*T x (n,)
         with autocast:
             loss = model(pixel_values, mask_labels=mask_labels, class_labels=class_labels).loss

@@ -255,7 +255,7 @@ def test_collate_targets_match_hf_and_survive_all_ignored_frames():
     assert batch["video"] == ["v0", "v1"] and batch["frames"] == [["a", "b", "c"]] * 2
     assert len(batch["mask_labels"]) == len(batch["class_labels"]) == 6
     for frame, masks, classes in zip(batch["labels"].flatten(0, 1), batch["mask_labels"], batch["class_labels"]):
-        assert masks.dtype == torch.float32 and classes.dtype == torch.int64
+        assert masks.dtype == torch.bool and classes.dtype == torch.int64
         if (frame == IGNORE_INDEX).all():
             assert masks.shape == (0, 2, 2) and classes.shape == (0,)
         else:
