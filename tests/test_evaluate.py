@@ -292,11 +292,11 @@ def test_command_line_end_to_end_and_its_errors(checkpoint, tmp_path):
                          ["--checkpoint", str(tmp_path / "missing"), "--data", "synthetic"])]
     (ok_out, ok_err), (_, bad_err) = (job.communicate(timeout=300) for job in jobs)
     assert jobs[0].returncode == 0, ok_err
-    saved = json.loads((run / "eval-val.json").read_text())
+    saved = json.loads((run / "eval-val-first1.json").read_text())
     assert (saved["shift_div"], saved["match"], saved["causal"], saved["channels"]) == (8, True, False, 8)
     assert {"miou", "pixel_acc", "mvc8", "mvc16", "hidden_miou", "hidden_acc", "visible_miou", "visible_acc"} \
         <= set(saved["results"]) and saved["results"]["num_frames"] == 24
-    assert (run / "eval-val.md").read_text() in ok_out and "| mIoU | pix. acc. | mVC8 | mVC16 |" in ok_out
+    assert (run / "eval-val-first1.md").read_text() in ok_out and "| mIoU | pix. acc. | mVC8 | mVC16 |" in ok_out
     assert jobs[1].returncode == 2
     assert bad_err.splitlines() == [f"error: --checkpoint {tmp_path / 'missing'}: no such folder"]  # no traceback
 
