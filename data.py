@@ -68,7 +68,9 @@ def build_dataset(name, root=None, split="train", clip_len=8, train=True, crop=N
         raise TypeError(f"unexpected arguments for {name}: {sorted(synthetic)}")
     if name not in ("vspw", "cityscapes-vps", "clips"):
         raise DataError(f"unknown dataset {name!r} (vspw, cityscapes-vps, clips or synthetic)")
-    if root is None or not os.path.isdir(root):
+    if root is None:
+        raise DataError(f"{name}: no data set folder given (--root)")
+    if not os.path.isdir(root):
         raise DataError(f"{root}: no such dataset folder for {name}")
     if name == "vspw":
         return _vspw(root, split, min_frames, **common)

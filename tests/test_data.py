@@ -336,6 +336,8 @@ def corrupt(path, content=b"not an image"):
 
 
 def test_bad_roots_and_split_files(tmp_path):
+    with pytest.raises(DataError, match=r"vspw: no data set folder given \(--root\)"):
+        build_dataset("vspw")
     with pytest.raises(DataError, match="nowhere"):
         build_dataset("vspw", tmp_path / "nowhere")
     with pytest.raises(DataError, match="train.txt"):
