@@ -125,12 +125,12 @@ if device.startswith("cuda"):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config["amp"] and device.startswith("cuda"))
 
-if master and not args.resume and out.exists() and any(out.iterdir()):
+replace_old_run = master and not args.resume and out.exists() and any(out.iterdir())
+if replace_old_run:  # checked now, removed only once data and model have loaded: a typo must not cost a run
     if not (out / "config.json").exists():
         fail(f"--out {out} holds files that are not a qshift run; choose another folder")
     if not args.overwrite:
         fail(f"--out {out} holds another run; pass --resume to continue it or --overwrite to replace it")
-    shutil.rmtree(out)
 
 # -----------------------------------------------------------------------------
 # data and model
@@ -252,6 +252,8 @@ if args.resume:
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 if master:
+    if replace_old_run:
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     print(json.dumps({**config, **derived}, indent=2))
     write_json_atomically(out / "config.json", config)

@@ -101,6 +101,8 @@ def test_bad_input_gets_one_line_and_exit_status_2(tmp_path):
     (tmp_path / "taken" / "notes.txt").write_text("keep me")
     expect_error(train(out=tmp_path / "taken", check=False), "--resume", "--overwrite")
     assert (tmp_path / "taken" / "notes.txt").read_text() == "keep me"
+    expect_error(train("--overwrite", "--shift", "3", out=tmp_path / "taken", check=False), "--shift 3")
+    assert (tmp_path / "taken" / "notes.txt").exists()  # --overwrite removes the old run only once all has loaded
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "thesis.tex").write_text("keep me")
     expect_error(train("--overwrite", out=tmp_path / "other", check=False), "not a qshift run")
