@@ -24,10 +24,11 @@ base() {  # seed
   [ -e "$OUT/seed$1/base/last" ] || python train.py --shift 0 --seed "$1" --max-steps "$BASE_STEPS" \
     --out "$OUT/seed$1/base" --overwrite > "$OUT/seed$1-base.log" 2>&1
 }
-finetune() {  # seed shift match|no-match
+finetune() {  # seed shift match|no-match; train.py only glances at val (4 videos): evaluate.py scores `last` on all
   local run="$OUT/seed$1/shift$2-$3"
   [ -e "$run/eval-val.json" ] && return
   python train.py --model "$OUT/seed$1/base/last" --shift "$2" --"$3" --seed "$1" --max-steps "$FINETUNE_STEPS" \
+    --val-videos 4 \
     --out "$run" --overwrite > "$run.log" 2>&1
   python evaluate.py --checkpoint "$run/last" --data synthetic >> "$run.log" 2>&1
 }
