@@ -281,18 +281,14 @@ def machine(args):
             "torch": torch.__version__, "transformers": transformers.__version__, "device": device}
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit status 2, as for every other bad input
-        self.exit(2, f"error: {message}\n")
-
-
 def positive(text):
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return int(text)
 
 
-parser = Parser(description=__doc__.split("\n\n")[0].strip())
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+parser.error = evaluate.fail  # one line and exit status 2, as for every other bad input
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:i]")
 parser.add_argument("--threads", type=positive, default=len(os.sched_getaffinity(0)), help="CPU cores to use")
 parser.add_argument("--frames", type=positive, default=16, help="frames per clip for the cost figures")

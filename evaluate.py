@@ -521,7 +521,7 @@ def evaluate_main(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.error = lambda message: fail(message)  # one line, exit status 2, like every other bad input
+    parser.error = fail  # one line, exit status 2, like every other bad input
     parser.add_argument("--checkpoint", help="a folder written by train.py (RUN/best); results go to RUN/")
     parser.add_argument("--table", nargs="+", metavar="RUN", help="make the results table of these runs instead")
     parser.add_argument("--data", choices=["vspw", "cityscapes-vps", "clips", "synthetic"])

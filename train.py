@@ -15,7 +15,6 @@ a folder readable by evaluate.py and QShiftMaskFormer.from_pretrained, plus trai
 """
 import argparse
 import json
-import math
 import os
 import random
 import shutil
@@ -32,7 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from data import DataError, build_dataset, collate
-from evaluate import evaluate
+from evaluate import evaluate, fail
 from qshift import QShiftMaskFormer, build_model, tiny_config
 
 # -----------------------------------------------------------------------------
@@ -49,14 +48,8 @@ DEFAULTS = dict(root=None, shift=16, match=True, causal=False, model="facebook/m
                 weight_decay=0.05, warmup=100, grad_clip=0.1, max_steps=0, out="out", seed=0, workers=4, amp=False,
                 eval_every=0, val_videos=0, log_every=10, min_frames=32, device=None)
 
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit status 2, as for every other bad input
-        self.exit(2, f"error: {message}\n")
-
-
-parser = Parser(description=__doc__.split("\n\n")[0].strip())
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+parser.error = fail  # one line and exit status 2, as for every other bad input
 parser.add_argument("--data", choices=list(PRESETS), help="data set (default: synthetic)")
 parser.add_argument("--root", help="data set folder (not needed for synthetic)")
 parser.add_argument("--shift", type=int, help="shift 1/K of the query channels; 0 = frame-by-frame baseline (16)")
@@ -85,11 +78,6 @@ parser.add_argument("--val-videos", type=int, help="validate on the first N vide
 parser.add_argument("--log-every", type=int)
 parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
 args = parser.parse_args()
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 out = Path(args.out or DEFAULTS["out"])
