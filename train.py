@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
@@ -160,10 +161,25 @@ if ddp:
 
 # MaskFormer's loss divides its mask terms by the number of masks of the local batch (transformers issue 26844). We
 # keep that: every rank sees batches of the same size, so DDP's gradient average is the mean of per-rank losses.
-decay = [p for n, p in raw_model.named_parameters() if p.dim() >= 2 and "embedder" not in n]
-no_decay = [p for n, p in raw_model.named_parameters() if p.dim() < 2 or "embedder" in n]
-optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config["weight_decay"]},
-                               {"params": no_decay, "weight_decay": 0.0}], lr=config["lr"])
+
+
+def parameter_groups(model, weight_decay):
+    """AdamW groups: weight decay on the weights of linear and conv layers only.
+
+    As MaskFormer and Mask2Former do, norms, biases and embeddings (the learned queries, nn.Embedding, and Swin's
+    relative position bias table, a bare parameter) are exempt, chosen by module type, not by name: decaying
+    them pulls queries and norm scales towards zero for no regularising gain.
+    """
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            exempt = (isinstance(module, (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase))
+                      or p.dim() < 2 or name == "relative_position_bias_table")
+            (no_decay if exempt else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+optimizer = torch.optim.AdamW(parameter_groups(raw_model, config["weight_decay"]), lr=config["lr"])
 
 steps_per_epoch = len(train_set) // (config["batch_size"] * world)
 if steps_per_epoch == 0:
