@@ -9,7 +9,7 @@ Benchmarks of qshift, every figure measured side by side in one run (in the styl
 
 Figures: (1) the cost of shift and matching over the frame-by-frame model with the same weights and input (MaskFormer
 with the Swin-T architecture of facebook/maskformer-swin-tiny-ade, random weights, built offline); (2) peak memory of
-whole-video inference, streamed (evaluate.predict_video) beside the video run as one clip; (3) 16-frame training
+whole-video inference, streamed (qshift.predict_video) beside the video run as one clip; (3) 16-frame training
 clips per second from VSPW-like 480p files on one loader worker; (4) the confusion-matrix update per 480p frame.
 Ratios come from interleaved runs (A B B A ...) after a warm-up: the median of the ratios of adjacent runs.
 CPU memory is read from Linux's /proc (peak resident set size), so the CPU memory figures need Linux.
@@ -147,7 +147,7 @@ def memory_case(mode, frames, size, config, device):
         start = _status_bytes("VmRSS")
     with torch.no_grad():
         if mode == "stream":  # frames made one at a time, as a video file is read
-            for _ in evaluate.predict_video(model, (torch.randn(3, size, size, generator=gen) for _ in range(frames))):
+            for _ in qshift.predict_video(model, (torch.randn(3, size, size, generator=gen) for _ in range(frames))):
                 pass
         else:
             model(torch.randn(1, frames, 3, size, size, generator=gen).to(device))

@@ -8,13 +8,11 @@ saved predictions, pictures like the paper's Figures 2-3, and the paper's Tables
            eval-<split>-first<N>.* with --max-videos N)
     python evaluate.py --table RUN [RUN ...] [--split val] [--clip-len T] [--out FILE]
 
-Whole videos run in memory bounded by a few frames: the shift touches only the decoded queries, and frame t's
-output depends on frames t-1, t, t+1 only, so predict_video decodes a few frames at a time and keeps one frame of
-decoded queries and pixel embeddings on each side; its maps equal those of the whole video run as one clip.
+Whole videos run in memory bounded by a few frames (qshift.predict_video): its maps equal those of the whole video
+run as one clip.
 """
 import argparse
 import collections
-import itertools
 import json
 import math
 import sys
@@ -113,64 +111,6 @@ def video_consistency(preds, labels, k):
 
 
 # -----------------------------------------------------------------------------
-# whole-video inference in bounded memory
-
-
-@torch.no_grad()
-def stream_logits(model, frames, chunk=8, amp=False):
-    """The model's logits for one clip of any length, streamed in memory bounded by chunk + 2 frames.
-
-    frames: iterable of pixel_values (3, H, W); frames beyond its ends count as zeros for the shift. Yields
-    (class_logits (n, Q, L+1), mask_logits (n, Q, H/4, W/4)) for the next n frames, in order, equal to the
-    model's output on the whole clip: the image model decodes `chunk` frames at a time, and the shift sees one
-    decoded frame on each side of the frames it emits (only the previous one for a causal model).
-    """
-    device = next(model.parameters()).device
-    lag = 0 if model.causal else 1  # frame t waits for frame t+1 unless causal
-    queries, embeddings = [], []  # decoded frames kept: the last emitted one (halo, once there is one) + pending
-    halo, batch = 0, []
-    for x in itertools.chain(frames, [None]):  # None marks the end
-        if x is not None:
-            batch.append(x)
-            if len(batch) < chunk:
-                continue
-        if batch:
-            with torch.autocast(device.type, enabled=amp):
-                q, e = model.decode_frames(torch.stack(batch).to(device))  # (n, Q, C), (n, C', H/4, W/4)
-            queries.extend(q.float())
-            embeddings.extend(e)
-            batch = []
-        emit = len(queries) - halo - (lag if x is not None else 0)
-        if emit <= 0:
-            continue
-        shifted = qshift.shift_queries(torch.stack(queries)[None], model.shift_div, model.match, model.causal)[0]
-        with torch.autocast(device.type, enabled=amp):
-            out = slice(halo, halo + emit)
-            class_logits, mask_logits = model.heads(shifted[out], torch.stack(embeddings[out]))
-        yield class_logits.float(), mask_logits.float()
-        # the last emitted frame is the new halo; copies, so that the decoded chunks they come from can be freed
-        queries = [q.clone() for q in queries[halo + emit - 1:]]
-        embeddings = [e.clone() for e in embeddings[halo + emit - 1:]]
-        halo = 1
-
-
-@torch.no_grad()
-def predict_video(model, frames, chunk=8, amp=False, clip_len=None):
-    """Per-frame class maps of one video, streamed: yields (H, W) int64 tensors on the model's device.
-
-    frames: iterable of pixel_values (3, H, W) of one video. Without clip_len the maps are those of the whole video
-    run as one clip (see stream_logits); clip_len=T runs independent clips of T frames instead (the last one
-    shorter), with zeros shifted in at every clip's ends, as in training. A causal model runs online.
-    """
-    frames = iter(frames)
-    for first in frames:
-        size = first.shape[-2:]
-        clip = itertools.chain([first], frames if clip_len is None else itertools.islice(frames, clip_len - 1))
-        for class_logits, mask_logits in stream_logits(model, clip, chunk, amp):
-            yield from qshift.semantic_segmentation(class_logits, mask_logits, size)
-
-
-# -----------------------------------------------------------------------------
 # pictures and saved predictions
 
 VIS_FRAMES = 6  # rows of a video's picture: frames spread evenly over the video
@@ -266,8 +206,8 @@ def evaluate(model, dataset, device=None, clip_len=None, amp=False, progress=Tru
              visualize=None, num_vis=4, chunk=8, max_videos=None):
     """Run `model` on every video of `dataset` (one built with clip_len=None; max_videos: the first ones only).
 
-    Whole videos run as one clip each (memory bounded by chunk + 2 frames, see stream_logits), or as independent
-    clips of clip_len frames. device: where the model and metrics run (default: the model's device).
+    Whole videos run as one clip each (memory bounded by a few chunks of frames, see qshift.stream_logits), or as
+    independent clips of clip_len frames. device: where the model and metrics run (default: the model's device).
     save_predictions: a folder for DIR/<video>/<frame>.png in raw ids; visualize: a folder for <video>.png
     pictures of the first num_vis videos. The model's train/eval mode is restored afterwards.
 
@@ -291,7 +231,7 @@ def evaluate(model, dataset, device=None, clip_len=None, amp=False, progress=Tru
         drawn = visualize and v < num_vis
         shown = set(np.linspace(0, len(frames) - 1, VIS_FRAMES).round().astype(int).tolist()) if drawn else set()
         rows, read = [], collections.deque()  # read: frames whose predictions are still to come (chunk + 1 at most)
-        for t, pred in enumerate(predict_video(model, _read_frames(dataset, v, read), chunk, amp, clip_len)):
+        for t, pred in enumerate(qshift.predict_video(model, _read_frames(dataset, v, read), chunk, amp, clip_len)):
             frame = read.popleft()
             label = frame["labels"].to(device) if "labels" in frame else None
             if label is not None:
@@ -381,13 +321,16 @@ def results_table(runs):
     """
     groups = collections.defaultdict(list)
     for run in runs:
-        key = (run["shift_div"], run["match"], run["causal"]) if run["shift_div"] else (0, False, False)
+        key = (run["shift_div"], run["match"], run["causal"], tuple(run.get("shift_at", ["queries"])),
+               run.get("match_by", "queries")) if run["shift_div"] else (0, False, False, (), "")
         groups[key].append(run)
     causal = any(key[2] for key in groups)
     synthetic = any("hidden_miou" in run["results"] for run in runs)
-    order = sorted(groups, key=lambda key: (key[0] != 0, -key[0], key[2], key[1]))  # baseline, then 1/128 .. 1/2
-    baseline = {m: _mean_std([run["results"].get(m) for run in groups[(0, False, False)]])[1]
-                for m in ("miou", "pixel_acc")} if (0, False, False) in groups else None
+    # the baseline, the paper's placement (1/128 .. 1/2), then the other placements and matchings
+    order = sorted(groups, key=lambda key: (key[0] != 0, key[3] != ("queries",), len(key[3]), key[3], key[4],
+                                            -key[0], key[2], key[1]))
+    baseline = {m: _mean_std([run["results"].get(m) for run in groups[(0, False, False, (), "")]])[1]
+                for m in ("miou", "pixel_acc")} if (0, False, False, (), "") in groups else None
     header = ["shift fraction", "channels", "matching"] + (["causal"] if causal else []) + \
         ["mIoU", "pix. acc.", "Δ mIoU", "Δ pix. acc.", "mVC8"] + \
         (["hidden-cue mIoU", "hidden-cue acc."] if synthetic else []) + ["runs"]
@@ -433,6 +376,15 @@ def _json_safe(x):
 def _first_line(e):
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def shifted_channels(model):
+    """How many channels each placement shifts, e.g. "64" (queries alone, as in the paper's tables), "pixels 8",
+    "backbone 4/8/16/32"; "0" for the frame-by-frame model."""
+    if not model.shift_div:
+        return "0"
+    counts = {p: "/".join(str(c // model.shift_div) for c in model.channels(p)) for p in model.shift_at}
+    return counts["queries"] if list(counts) == ["queries"] else ", ".join(f"{p} {n}" for p, n in counts.items())
 
 
 RUN_KEYS = ("checkpoint", "data", "split", "clip_len", "shift_div", "match", "causal", "channels", "results")
@@ -508,7 +460,7 @@ def evaluate_main(args):
         fail(str(e))
     run = {"checkpoint": str(checkpoint), "data": args.data, "root": args.root, "split": args.split,
            "clip_len": args.clip_len, "max_videos": args.max_videos, **model.settings(),
-           "channels": model.model.config.decoder_config.d_model // model.shift_div if model.shift_div else 0,
+           "channels": shifted_channels(model),
            "results": results}
     name = _eval_name(args.split, args.clip_len, args.max_videos)
     report = run_markdown(run)

@@ -1,18 +1,24 @@
 """
 Shift and matching queries for video semantic segmentation (Mizuno and Tamaki), in one file.
 
-A query-based image segmenter (MaskFormer) decodes Q mask queries per frame; each decoded query stands for one
-segment and feeds the class and mask heads (Sec. 3.1). To make the image model see time, we shift a few query
+A query-based image segmenter (MaskFormer, or Mask2Former) decodes Q mask queries per frame; each decoded query stands
+for one segment and feeds the class and mask heads (Sec. 3.1). To make the image model see time, we shift a few query
 channels to the neighbouring frames, as TSM does for CNN features (Sec. 3.2, Eq. 1). Query i of frame t need not
 describe the same segment as query i of frame t-1, so before shifting we match each frame's queries to the previous
 frame's by cosine similarity and the Hungarian algorithm (Sec. 3.3, Eq. 2). The pretrained weights are reused as
-they are: with the shift off, QShiftMaskFormer is exactly the image model run frame by frame.
+they are: with the shift off, QShiftSegmenter is exactly the image model run frame by frame.
 
-    pixel_values (B, T, 3, H, W) -> MaskFormer per frame -> queries (B*T, Q, C)
-        -> shift_queries: match_queries, temporal_shift, un-permute -> class and mask heads -> (B*T, Q, ...) logits
+Sec. 3.2 names other places a shift can act. `shift_at` picks any of three, each shifting 1/shift_div of its channels:
 
+    pixel_values (B, T, 3, H, W) -> backbone per frame -> feature maps          <- "backbone": every feature map
+        -> pixel decoder, transformer decoder -> queries (B*T, Q, C)           <- "queries": match, shift (the paper)
+                                              -> pixel embeddings (B*T, C', H/4, W/4)  <- "pixels"
+        -> class and mask heads -> class logits (B*T, Q, L+1), mask logits (B*T, Q, H/4, W/4)
+
+Whole videos run in bounded memory with `stream_logits` / `predict_video`, exactly as one whole-clip run.
 Copy this file into your project; it needs torch, scipy and transformers.
 """
+import itertools
 import json
 from pathlib import Path
 
@@ -21,46 +27,53 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
-from transformers import DetrConfig, MaskFormerConfig, MaskFormerForInstanceSegmentation, SwinConfig
+from transformers import (AutoConfig, DetrConfig, Mask2FormerConfig, Mask2FormerForUniversalSegmentation,
+                          MaskFormerConfig, MaskFormerForInstanceSegmentation, SwinConfig)
 from transformers.models.maskformer.modeling_maskformer import MaskFormerForInstanceSegmentationOutput
 
 # -----------------------------------------------------------------------------
 # Sec. 3.2: feature shift
 
 
-def check_shift_div(channels, shift_div, causal=False):
+def check_shift_div(channels, shift_div, causal=False, what="query"):
     """Raise ValueError unless 1/shift_div of `channels` is a valid shift (Eq. 1); shift_div 0 means no shift."""
     if shift_div == 0:
         return
     if shift_div < 0 or channels % shift_div or channels // shift_div < 2:
-        raise ValueError(f"--shift {shift_div}: 1/{shift_div} of {channels} query channels must be a whole number "
-                         f"of at least 2 channels (shift_div must be 0 or a divisor of {channels} up to {channels // 2})")
+        raise ValueError(f"shift_div {shift_div}: 1/{shift_div} of the {channels} {what} channels must be a whole "
+                         f"number of at least 2 channels")
     if not causal and (channels // shift_div) % 2:
-        raise ValueError(f"--shift {shift_div}: shifts {channels // shift_div} of {channels} channels, an odd number "
-                         f"that cannot be split evenly between the previous and the next frame")
+        raise ValueError(f"shift_div {shift_div}: 1/{shift_div} of the {channels} {what} channels is "
+                         f"{channels // shift_div}, an odd number that cannot be split evenly between the previous "
+                         f"and the next frame")
 
 
-def temporal_shift(x, shift_div, causal=False):
+def _from_neighbour(x, step):
+    """x (B, T, ...) -> frame t holds x's frame t - step (step 1: the previous frame, -1: the next), zeros outside."""
+    zeros = torch.zeros_like(x[:, :1])
+    return torch.cat([zeros, x[:, :-1]], 1) if step == 1 else torch.cat([x[:, 1:], zeros], 1)
+
+
+def temporal_shift(x, shift_div, causal=False, dim=-1):
     """Shift 1/shift_div of the channels of x along time (Eq. 1, TSM).
 
-    x: (B, T, ..., C), time at dim 1, channels last. With n = C // shift_div, frame t takes channels [0, n/2) from
-    frame t-1 and channels [C - n/2, C) from frame t+1; the rest stay; neighbours outside the clip give zeros.
-    causal=True (online, no look-ahead): all n shifted channels come from frame t-1. shift_div=0 returns x.
-    Returns a new tensor of x's shape; differentiable.
+    x: (B, T, ...), time at dim 1, channels at `dim` (last by default: queries (B, T, Q, C); 2 for feature maps
+    (B, T, C, h, w)). With n = C // shift_div, frame t takes channels [0, n/2) from frame t-1 and [C - n/2, C) from
+    frame t+1; the rest stay; neighbours outside the clip give zeros. causal=True (online, no look-ahead): all n
+    shifted channels come from frame t-1. shift_div=0 returns x. Returns a new tensor of x's shape; differentiable.
+    shift_div is the total fraction, as in the paper: TSM's fold_div = 8 (1/8 each way) is shift_div = 4.
     """
     if shift_div == 0:
         return x
-    C = x.shape[-1]
+    dim = dim % x.dim()
+    C = x.shape[dim]
     check_shift_div(C, shift_div, causal)
     n = C // shift_div
     if causal:
-        from_prev = F.pad(x[:, :-1, ..., :n], [0, 0] * (x.dim() - 2) + [1, 0])  # zeros for frame 0
-        return torch.cat([from_prev, x[..., n:]], dim=-1)
+        return torch.cat([_from_neighbour(x.narrow(dim, 0, n), 1), x.narrow(dim, n, C - n)], dim)
     h = n // 2
-    pad = [0, 0] * (x.dim() - 2)  # F.pad pads the last dims first; only dim 1 (time) gets padding
-    from_prev = F.pad(x[:, :-1, ..., :h], pad + [1, 0])  # (B, T, ..., h), frame t <- t-1
-    from_next = F.pad(x[:, 1:, ..., C - h:], pad + [0, 1])  # (B, T, ..., h), frame t <- t+1
-    return torch.cat([from_prev, x[..., h:C - h], from_next], dim=-1)
+    return torch.cat([_from_neighbour(x.narrow(dim, 0, h), 1), x.narrow(dim, h, C - 2 * h),
+                      _from_neighbour(x.narrow(dim, C - h, h), -1)], dim)
 
 
 # -----------------------------------------------------------------------------
@@ -75,8 +88,9 @@ def match_queries(q):
     matched queries (Hungarian algorithm); chaining the pairs puts every frame into frame 0's order, so that
     q[b, t, perm[b, t, i]] and q[b, t-1, perm[b, t-1, i]] are matched for every i.
 
-    q: (B, T, Q, C). Returns perm: LongTensor (B, T, Q) on q's device, perm[:, 0] = arange(Q).
-    All (B, T-1) similarity matrices are computed at once on q's device, then moved to the CPU in one transfer.
+    q: (B, T, Q, D), any per-query features (the decoded queries for Eq. 2). Returns perm: LongTensor (B, T, Q) on
+    q's device, perm[:, 0] = arange(Q). All (B, T-1) similarity matrices are computed at once on q's device, then
+    moved to the CPU in one transfer.
     """
     B, T, Q, _ = q.shape
     qn = F.normalize(q.float(), dim=-1)
@@ -92,70 +106,156 @@ def match_queries(q):
     return torch.from_numpy(perm).to(q.device)
 
 
-def shift_queries(q, shift_div, match=True, causal=False):
+def shift_queries(q, shift_div, match=True, causal=False, match_on=None):
     """Shift 1/shift_div of the decoded query channels in time, after matching the queries across frames.
 
-    q: (B, T, Q, C) decoded queries of B clips of T frames. Returns (B, T, Q, C), every frame's queries in their
-    original order, so the heads see the usual layout. shift_div=0 returns q: the frame-by-frame model.
-    Frame t's result depends on frames t-1, t, t+1 only (t-1, t when causal).
+    q: (B, T, Q, C) decoded queries of B clips of T frames. match_on: (B, T, Q, D) features to match by (default q
+    itself, Eq. 2; e.g. the queries' predicted mask maps pair the queries that cover the same pixels). Returns
+    (B, T, Q, C), every frame's queries in their original order, so the heads see the usual layout. shift_div=0
+    returns q: the frame-by-frame model. Frame t's result depends on frames t-1, t, t+1 only (t-1, t when causal):
+    matching is chained, but un-permuting cancels the chain, leaving only the pairs (t-1, t) and (t, t+1).
     """
     if shift_div == 0:
         return q
     if not match:
         return temporal_shift(q, shift_div, causal)
-    perm = match_queries(q)[..., None].expand_as(q)  # (B, T, Q, C)
+    perm = match_queries(q if match_on is None else match_on)[..., None].expand_as(q)  # (B, T, Q, C)
     unperm = perm.argsort(dim=2)  # the inverse permutation, to put the queries back
     aligned = q.gather(2, perm)  # (B, T, Q, C), query i of every frame stands for the same segment
     return temporal_shift(aligned, shift_div, causal).gather(2, unperm)
 
 
 # -----------------------------------------------------------------------------
-# Sec. 3.1 and 4.2: MaskFormer with shifted queries
+# The two model families: all that differs between MaskFormer and Mask2Former (after the backbone)
 
 
-class QShiftMaskFormer(nn.Module):
-    """A Hugging Face MaskFormerForInstanceSegmentation run on every frame of a clip, with shifted decoded queries.
+def decode_maskformer(model, features, aux=False):
+    """MaskFormer's pixel decoder (FPN) and DETR decoder on backbone features (list of (N, C_i, h_i, w_i)).
 
-    The image model is kept whole as `.model`; only its decoded queries are shifted (and matched) before its own
-    class_predictor and mask_embedder. shift_div=0 is the frame-by-frame image model. With the config's
-    use_auxiliary_loss, the auxiliary outputs of the earlier decoder layers stay unshifted, as in the paper,
-    which shifts only the final decoded queries.
+    Returns queries (N, Q, C), pixel embeddings (N, C', H/4, W/4), and with aux the earlier decoder layers'
+    queries (list of (N, Q, C)), which HF's auxiliary loss sends through the same heads.
+    """
+    pixel_embeddings = model.model.pixel_level_module.decoder(features).last_hidden_state
+    decoded = model.model.transformer_module(features[-1], output_hidden_states=aux)
+    return decoded.last_hidden_state, pixel_embeddings, list(decoded.hidden_states[:-1]) if aux else []
+
+
+def decode_mask2former(model, features, aux=False):
+    """Mask2Former's pixel decoder (deformable attention) and masked-attention decoder; returns as decode_maskformer.
+
+    The final queries are the decoder's last state after its final layernorm (HF's transformer_decoder_last_hidden_state
+    is the state before it). Layer l's masked attention uses layer l-1's mask, so shifting the final queries leaves
+    every earlier layer, and the auxiliary predictions, as the image model computes them.
+    """
+    pixels = model.model.pixel_level_module.decoder(features)
+    decoded = model.model.transformer_module(pixels.multi_scale_features, pixels.mask_features,
+                                             output_hidden_states=True)
+    states = [s.transpose(0, 1) for s in decoded.intermediate_hidden_states]  # sequence-first (Q, N, C) -> (N, Q, C)
+    return states[-1], pixels.mask_features, states[:-1] if aux else []
+
+
+FAMILIES = {  # config.model_type -> (HF class, its config class, decode, where its mask head's MLP lives)
+    "maskformer": (MaskFormerForInstanceSegmentation, MaskFormerConfig, decode_maskformer,
+                   lambda model: model.mask_embedder),
+    "mask2former": (Mask2FormerForUniversalSegmentation, Mask2FormerConfig, decode_mask2former,
+                    lambda model: model.model.transformer_module.decoder.mask_predictor.mask_embedder),
+}
+
+# -----------------------------------------------------------------------------
+# Sec. 3.1 and 4.2: the image segmenter with shifts at the chosen places
+
+PLACEMENTS = ("backbone", "queries", "pixels")  # in the order the model reaches them
+
+
+class QShiftSegmenter(nn.Module):
+    """A Hugging Face MaskFormer or Mask2Former run on every frame of a clip, with features shifted in time.
+
+    The image model is kept whole as `.model`. shift_at: where 1/shift_div of the channels are shifted (see the module
+    docstring); the paper's setting is ("queries",) with match=True: the final decoded queries, matched by Eq. 2
+    (match_by="queries") or by the cosine similarity of their predicted masks (match_by="masks"). Matching concerns
+    the queries only: with "queries" not in shift_at, no matching runs and settings() records match=False.
+    shift_div=0 is the frame-by-frame image model. The auxiliary predictions of the earlier decoder layers (HF's
+    auxiliary loss) stay as the image model computes them, unshifted.
     """
 
-    def __init__(self, model, shift_div=16, match=True, causal=False):
+    def __init__(self, model, shift_div=16, match=True, causal=False, shift_at=("queries",), match_by="queries"):
         super().__init__()
-        check_shift_div(model.config.decoder_config.d_model, shift_div, causal)
-        self.model = model
-        self.shift_div, self.match, self.causal = shift_div, match, causal
+        if model.config.model_type not in FAMILIES:
+            raise ValueError(f"{type(model).__name__}: not a MaskFormer or Mask2Former (model_type "
+                             f"{model.config.model_type!r})")
+        shift_at = (shift_at,) if isinstance(shift_at, str) else tuple(shift_at)
+        if not shift_at or any(p not in PLACEMENTS for p in shift_at) or len(set(shift_at)) < len(shift_at):
+            raise ValueError(f"shift_at {','.join(shift_at)}: choose one or more of {', '.join(PLACEMENTS)}")
+        if match_by not in ("queries", "masks"):
+            raise ValueError(f"match_by {match_by}: choose queries or masks")
+        self.model, self.family = model, model.config.model_type
+        self.shift_div, self.causal, self.match_by = shift_div, causal, match_by
+        self.shift_at = tuple(p for p in PLACEMENTS if p in shift_at)
+        self.match = bool(match) and shift_div > 0 and "queries" in self.shift_at  # what runs, not what was asked
+        names = {"queries": "query", "pixels": "pixel-embedding", "backbone": "backbone feature-map"}
+        for placement in self.shift_at:
+            for channels in self.channels(placement):
+                check_shift_div(channels, shift_div, causal, names[placement])
 
-    def decode_frames(self, pixel_values):
-        """Image model up to the heads. pixel_values (N, 3, H, W) -> queries (N, Q, C), pixel_embeddings (N, C', H/4, W/4)."""
-        out = self.model.model(pixel_values, return_dict=True)
-        return out.transformer_decoder_last_hidden_state, out.pixel_decoder_last_hidden_state
+    def channels(self, placement):
+        """The channel counts of a placement's tensors: [C] for queries, [C'] for pixels, one per backbone map."""
+        if placement == "queries":
+            return [self.model.class_predictor.in_features]
+        if placement == "pixels":
+            return [self.model.config.mask_feature_size]
+        return list(self.model.model.pixel_level_module.encoder.channels)
+
+    def backbone(self, pixel_values):
+        """The image model's backbone: pixel_values (N, 3, H, W) -> feature maps [(N, C_i, H/s_i, W/s_i)]."""
+        return list(self.model.model.pixel_level_module.encoder(pixel_values).feature_maps)
+
+    def shift_backbone(self, features):
+        """"backbone" placement: features [(B, T, C_i, h_i, w_i)] -> the same, shifted in time (Eq. 1)."""
+        if "backbone" not in self.shift_at:
+            return features
+        return [temporal_shift(f, self.shift_div, self.causal, dim=2) for f in features]
+
+    def decode(self, features, aux=False):
+        """Pixel and transformer decoders: features [(N, C_i, h_i, w_i)] -> queries (N, Q, C), pixel embeddings
+        (N, C', H/4, W/4), earlier layers' queries [(N, Q, C)] (with aux)."""
+        return FAMILIES[self.family][2](self.model, features, aux)
 
     def heads(self, queries, pixel_embeddings):
-        """MaskFormer's heads (Sec. 3.1). queries (N, Q, C) -> class_logits (N, Q, L+1), mask_logits (N, Q, H/4, W/4)."""
+        """The heads (Sec. 3.1): queries (N, Q, C), pixel embeddings (N, C', h, w) -> class_logits (N, Q, L+1),
+        mask_logits (N, Q, h, w), the dot product of each query's mask embedding with every pixel embedding."""
         class_logits = self.model.class_predictor(queries)
-        mask_embeddings = self.model.mask_embedder(queries)  # (N, Q, C')
+        mask_embeddings = FAMILIES[self.family][3](self.model)(queries)  # (N, Q, C')
         return class_logits, torch.einsum("nqc,nchw->nqhw", mask_embeddings, pixel_embeddings)
+
+    def shift_decoded(self, queries, pixel_embeddings):
+        """"queries" (Eq. 2, then Eq. 1) and "pixels" placements: queries (B, T, Q, C), pixel embeddings
+        (B, T, C', h, w) -> both, shifted where shift_at says. Matching by masks uses the unshifted queries' masks."""
+        if "queries" in self.shift_at:
+            match_on = None
+            if self.match and self.match_by == "masks":
+                masks = self.heads(queries.flatten(0, 1), pixel_embeddings.flatten(0, 1))[1]  # (B*T, Q, h, w)
+                match_on = masks.sigmoid().flatten(2).unflatten(0, queries.shape[:2])  # (B, T, Q, h*w)
+            queries = shift_queries(queries, self.shift_div, self.match, self.causal, match_on)
+        if "pixels" in self.shift_at:
+            pixel_embeddings = temporal_shift(pixel_embeddings, self.shift_div, self.causal, dim=2)
+        return queries, pixel_embeddings
 
     def forward(self, pixel_values, mask_labels=None, class_labels=None):
         """pixel_values (B, T, 3, H, W); mask_labels, class_labels: HF's lists of B*T target tensors (optional).
 
-        Returns HF's MaskFormerForInstanceSegmentationOutput for the B*T frames, with the model's own loss when
-        labels are given.
+        Returns a MaskFormerForInstanceSegmentationOutput (both families) for the B*T frames, with the image model's
+        own loss when labels are given.
         """
         B, T = pixel_values.shape[:2]
         aux = self.model.config.use_auxiliary_loss
-        out = self.model.model(pixel_values.flatten(0, 1), output_hidden_states=aux, return_dict=True)
-        queries = out.transformer_decoder_last_hidden_state.unflatten(0, (B, T))  # (B, T, Q, C)
-        queries = shift_queries(queries, self.shift_div, self.match, self.causal).flatten(0, 1)  # (B*T, Q, C)
-        class_logits, mask_logits = self.heads(queries, out.pixel_decoder_last_hidden_state)
-        auxiliary_logits = []
-        if aux:  # the earlier decoder layers, unshifted (HF's own get_logits uses all but the last hidden state)
-            for hidden in out.transformer_decoder_hidden_states[:-1]:
-                c, m = self.heads(hidden, out.pixel_decoder_last_hidden_state)
-                auxiliary_logits.append({"class_queries_logits": c, "masks_queries_logits": m})
+        features = [f.unflatten(0, (B, T)) for f in self.backbone(pixel_values.flatten(0, 1))]
+        features = [f.flatten(0, 1) for f in self.shift_backbone(features)]
+        queries, pixel_embeddings, earlier = self.decode(features, aux)  # (B*T, Q, C), (B*T, C', h, w)
+        shifted, shifted_pixels = self.shift_decoded(queries.unflatten(0, (B, T)),
+                                                     pixel_embeddings.unflatten(0, (B, T)))
+        class_logits, mask_logits = self.heads(shifted.flatten(0, 1), shifted_pixels.flatten(0, 1))
+        auxiliary_logits = [dict(zip(("class_queries_logits", "masks_queries_logits"), self.heads(q, pixel_embeddings)))
+                            for q in earlier]
         loss = None
         if mask_labels is not None and class_labels is not None:
             loss_dict = self.model.get_loss_dict(mask_logits, class_logits, mask_labels, class_labels, auxiliary_logits)
@@ -163,12 +263,12 @@ class QShiftMaskFormer(nn.Module):
         return MaskFormerForInstanceSegmentationOutput(
             loss=loss, class_queries_logits=class_logits, masks_queries_logits=mask_logits,
             auxiliary_logits=auxiliary_logits if self.model.config.output_auxiliary_logits else None,
-            encoder_last_hidden_state=out.encoder_last_hidden_state,
-            pixel_decoder_last_hidden_state=out.pixel_decoder_last_hidden_state,
-            transformer_decoder_last_hidden_state=queries)
+            encoder_last_hidden_state=features[-1], pixel_decoder_last_hidden_state=shifted_pixels.flatten(0, 1),
+            transformer_decoder_last_hidden_state=shifted.flatten(0, 1))
 
     def settings(self):
-        return {"shift_div": self.shift_div, "match": self.match, "causal": self.causal}
+        return {"shift_div": self.shift_div, "match": self.match, "causal": self.causal,
+                "shift_at": list(self.shift_at), "match_by": self.match_by}
 
     def save_pretrained(self, directory):
         """Write the HF model (config + safetensors) and the qshift settings (qshift.json) to `directory`."""
@@ -177,35 +277,120 @@ class QShiftMaskFormer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path, num_labels=None, id2label=None, shift_div=None, match=None, causal=None,
-                        **kwargs):
-        """Load an HF MaskFormer (hub id or local directory) or a directory written by save_pretrained.
+                        shift_at=None, match_by=None, **kwargs):
+        """Load a MaskFormer or Mask2Former (HF hub id or local directory) or a directory written by save_pretrained.
 
-        num_labels different from the checkpoint's replaces the class head (e.g. ADE20K's 150 -> VSPW's 124).
-        Settings given here win over saved ones; unset ones default to shift_div=16, match=True, causal=False,
-        so an image checkpoint is fine-tuned with the shift on, as in the paper (Sec. 4.2.1).
+        The family follows the checkpoint's config (model_type). num_labels different from the checkpoint's replaces
+        the class head (e.g. ADE20K's 150 -> VSPW's 124). Settings given here win over saved ones (qshift.json); the
+        rest take __init__'s defaults, the paper's setting, so an image checkpoint is fine-tuned with the shift on
+        (Sec. 4.2.1).
         """
-        saved = {"shift_div": 16, "match": True, "causal": False}
         settings_file = Path(name_or_path) / "qshift.json"
-        if settings_file.is_file():
-            saved.update(json.loads(settings_file.read_text()))
+        settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+        given = dict(shift_div=shift_div, match=match, causal=causal, shift_at=shift_at, match_by=match_by)
+        settings.update({k: v for k, v in given.items() if v is not None})
         hub_kwargs = {k: v for k, v in kwargs.items() if k in ("cache_dir", "revision", "local_files_only", "token")}
         try:
-            config = MaskFormerConfig.from_pretrained(name_or_path, **hub_kwargs)
-            if num_labels is not None and num_labels != config.num_labels:
-                config.num_labels = num_labels
-                config.id2label = id2label or {i: f"class_{i}" for i in range(num_labels)}
-                kwargs["ignore_mismatched_sizes"] = True  # a new class head for the new labels
-            elif id2label is not None:
-                config.id2label = id2label
-            if id2label is not None or "ignore_mismatched_sizes" in kwargs:
-                config.label2id = {name: i for i, name in config.id2label.items()}
-            model = MaskFormerForInstanceSegmentation.from_pretrained(name_or_path, config=config, **kwargs)
+            config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
         except OSError as e:
-            raise OSError(f"cannot load MaskFormer '{name_or_path}': it is not a local model directory and not in "
-                          f"the Hugging Face cache; download it on a connected machine (`hf download {name_or_path}`) "
-                          f"and copy the cache, or pass a local directory ({str(e).splitlines()[0]})") from None
-        pick = lambda given, key: saved[key] if given is None else given  # noqa: E731
-        return cls(model, pick(shift_div, "shift_div"), pick(match, "match"), pick(causal, "causal"))
+            raise OSError(f"cannot load '{name_or_path}': it is not a local model directory and not in the Hugging "
+                          f"Face cache; download it on a connected machine (`hf download {name_or_path}`) and copy "
+                          f"the cache, or pass a local directory ({str(e).splitlines()[0]})") from None
+        if config.model_type not in FAMILIES:
+            raise ValueError(f"'{name_or_path}' is a {config.model_type} model, not a MaskFormer or Mask2Former")
+        if num_labels is not None and num_labels != config.num_labels:
+            config.num_labels = num_labels
+            config.id2label = id2label or {i: f"class_{i}" for i in range(num_labels)}
+            kwargs["ignore_mismatched_sizes"] = True  # a new class head for the new labels
+        elif id2label is not None:
+            config.id2label = id2label
+        config.label2id = {name: i for i, name in config.id2label.items()}
+        model = FAMILIES[config.model_type][0].from_pretrained(name_or_path, config=config, **kwargs)
+        return cls(model, **settings)
+
+
+QShiftMaskFormer = QShiftSegmenter  # the name of earlier versions; it also wraps Mask2Former
+
+# -----------------------------------------------------------------------------
+# Whole videos in bounded memory (inference), exactly as one whole-clip run
+
+
+def _sliding(batches, shift, causal):
+    """Apply a shift whose frame t reads frames t-1..t+1 (t-1..t when causal) to a stream of frame batches.
+
+    batches: iterable of lists of tensors, each (n, ...) for the next n frames. shift: a function of such a list
+    with a leading clip dimension [(1, w, ...)], returning a list of the same shapes. Yields lists (m, ...) for the
+    frames in order, equal to the shift of the whole stream: one emitted frame is kept as left context, and one
+    frame is held back for the right (none when causal); beyond the stream's ends the shift sees zeros, as at a
+    clip's ends.
+    """
+    lag = 0 if causal else 1
+    window, halo = None, 0  # window: [halo frame (once there is one)] + pending frames, per tensor
+    for batch in itertools.chain(batches, [None]):  # None marks the end
+        if batch is not None:
+            window = batch if window is None else [torch.cat([w, b]) for w, b in zip(window, batch)]
+        if window is None:
+            return
+        emit = window[0].shape[0] - halo - (lag if batch is not None else 0)
+        if emit <= 0:
+            continue
+        shifted = shift([w[None] for w in window])
+        yield [s[0, halo:halo + emit] for s in shifted]
+        window = [w[halo + emit - 1:] for w in window]  # the last emitted frame is the new halo
+        halo = 1
+
+
+@torch.no_grad()
+def stream_logits(model, frames, chunk=8, amp=False):
+    """The model's logits for one clip of any length, streamed in memory bounded by a few chunks of frames.
+
+    frames: iterable of pixel_values (3, H, W); frames beyond its ends count as zeros for the shift. Yields
+    (class_logits (n, Q, L+1), mask_logits (n, Q, H/4, W/4)) in float32 for the next n frames, in order, equal to
+    the model's output on the whole clip. The backbone runs `chunk` frames at a time; each shift in series (the
+    backbone's, then the decoded queries' and pixels') keeps one frame of context on each side (the past only when
+    causal), so frame t waits for frame t+1, or t+2 with backbone and a later placement. amp: bf16 autocast.
+    """
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+
+    def features():  # backbone maps of `chunk` frames at a time
+        frame_iter = iter(frames)
+        while batch := list(itertools.islice(frame_iter, chunk)):
+            with autocast:
+                yield model.backbone(torch.stack(batch).to(device))
+
+    def decoded(batches):
+        for maps in batches:
+            with autocast:
+                queries, pixel_embeddings, _ = model.decode(maps)
+            yield [queries, pixel_embeddings]
+
+    stage = features()
+    if "backbone" in model.shift_at and model.shift_div:
+        stage = _sliding(stage, model.shift_backbone, model.causal)
+    stage = decoded(stage)
+    if {"queries", "pixels"} & set(model.shift_at) and model.shift_div:
+        stage = _sliding(stage, lambda window: list(model.shift_decoded(*window)), model.causal)
+    for queries, pixel_embeddings in stage:
+        with autocast:
+            class_logits, mask_logits = model.heads(queries, pixel_embeddings)
+        yield class_logits.float(), mask_logits.float()
+
+
+@torch.no_grad()
+def predict_video(model, frames, chunk=8, amp=False, clip_len=None):
+    """Per-frame class maps of one video, streamed: yields (H, W) int64 tensors on the model's device.
+
+    frames: iterable of pixel_values (3, H, W) of one video. Without clip_len the maps are those of the whole video
+    run as one clip (see stream_logits); clip_len=T runs independent clips of T frames instead (the last one
+    shorter), with zeros shifted in at every clip's ends, as in training. A causal model runs online.
+    """
+    frames = iter(frames)
+    for first in frames:
+        size = first.shape[-2:]
+        clip = itertools.chain([first], frames if clip_len is None else itertools.islice(frames, clip_len - 1))
+        for class_logits, mask_logits in stream_logits(model, clip, chunk, amp):
+            yield from semantic_segmentation(class_logits, mask_logits, size)
 
 
 # -----------------------------------------------------------------------------
@@ -213,42 +398,54 @@ class QShiftMaskFormer(nn.Module):
 
 
 def semantic_segmentation(class_logits, mask_logits, size=None):
-    """Per-pixel classes from mask classification (MaskFormer's semantic inference).
+    """Per-pixel classes from mask classification (MaskFormer's semantic inference), always in float32.
 
     class_logits (N, Q, L+1), mask_logits (N, Q, h, w) -> (N, H, W) int64 for size=(H, W) (None keeps (h, w)):
     sum over queries of p(class) without the null class times sigmoid(mask), bilinear to size, argmax.
+    HF's Mask2Former post-processing first resizes the mask logits to 384x384; this does not (see README).
     """
-    probs = class_logits.softmax(-1)[..., :-1]  # (N, Q, L)
-    scores = torch.einsum("nql,nqhw->nlhw", probs, mask_logits.sigmoid())  # (N, L, h, w)
-    if size is not None and tuple(size) != tuple(scores.shape[-2:]):
-        scores = F.interpolate(scores, size=tuple(size), mode="bilinear", align_corners=False)
-    return scores.argmax(1)
+    with torch.autocast(class_logits.device.type, enabled=False):  # bf16 scores would flip close argmaxes
+        probs = class_logits.float().softmax(-1)[..., :-1]  # (N, Q, L)
+        scores = torch.einsum("nql,nqhw->nlhw", probs, mask_logits.float().sigmoid())  # (N, L, h, w)
+        if size is not None and tuple(size) != tuple(scores.shape[-2:]):
+            scores = F.interpolate(scores, size=tuple(size), mode="bilinear", align_corners=False)
+        return scores.argmax(1)
 
 
 def tiny_config(num_labels, hidden_size=64, num_queries=20, embed_dim=16, decoder_layers=2, mask_feature_size=32,
-                image_size=64, id2label=None):
-    """A small MaskFormer config (Swin backbone, DETR decoder) that builds offline in well under a second.
+                image_size=64, id2label=None, family="maskformer"):
+    """A small MaskFormer or Mask2Former config (Swin backbone) that builds offline in well under a second.
 
     hidden_size is the query dimension C (the shift's channels); the paper's models have C = 256.
     """
     id2label = id2label or {i: f"class_{i}" for i in range(num_labels)}
+    labels = dict(num_labels=num_labels, id2label=id2label, label2id={name: i for i, name in id2label.items()})
     backbone = SwinConfig(image_size=image_size, patch_size=4, embed_dim=embed_dim, depths=[1, 1, 1, 1],
                           num_heads=[1, 2, 2, 4], window_size=4, drop_path_rate=0.0,
                           out_features=["stage1", "stage2", "stage3", "stage4"])
+    if family == "mask2former":  # 3 decoder layers: one per pixel-decoder level, as Mask2Former cycles them
+        return Mask2FormerConfig(backbone_config=backbone, hidden_dim=hidden_size, num_queries=num_queries,
+                                 decoder_layers=max(decoder_layers, 3), encoder_layers=1, num_attention_heads=4,
+                                 dim_feedforward=2 * hidden_size, feature_size=mask_feature_size,
+                                 mask_feature_size=mask_feature_size, encoder_feedforward_dim=2 * mask_feature_size,
+                                 train_num_points=1024, **labels)
+    if family != "maskformer":
+        raise ValueError(f"family {family}: choose maskformer or mask2former")
     decoder = DetrConfig(d_model=hidden_size, decoder_layers=decoder_layers, decoder_attention_heads=4,
                          decoder_ffn_dim=2 * hidden_size, encoder_layers=1, encoder_attention_heads=4,
                          encoder_ffn_dim=2 * hidden_size, num_queries=num_queries, dropout=0.0)
     return MaskFormerConfig(backbone_config=backbone, decoder_config=decoder, fpn_feature_size=mask_feature_size,
-                            mask_feature_size=mask_feature_size, num_labels=num_labels,
-                            id2label=id2label, label2id={name: i for i, name in id2label.items()})
+                            mask_feature_size=mask_feature_size, **labels)
 
 
-def build_model(config, shift_div=16, match=True, causal=False):
-    """A randomly initialised QShiftMaskFormer from an HF MaskFormerConfig.
+def build_model(config, shift_div=16, match=True, causal=False, **settings):
+    """A randomly initialised QShiftSegmenter from an HF MaskFormerConfig or Mask2FormerConfig.
 
     The learned query embeddings are drawn from N(0, 1), as in DETR: with HF's default std of 0.02 the queries of a
     model trained from scratch stay nearly identical and every pixel ends up with one class.
     """
-    model = MaskFormerForInstanceSegmentation(config)
-    nn.init.normal_(model.model.transformer_module.queries_embedder.weight, std=1.0)
-    return QShiftMaskFormer(model, shift_div, match, causal)
+    model = FAMILIES[config.model_type][0](config)
+    for name in ("queries_embedder", "queries_features"):  # Mask2Former learns both the queries and their positions
+        if hasattr(model.model.transformer_module, name):
+            nn.init.normal_(getattr(model.model.transformer_module, name).weight, std=1.0)
+    return QShiftSegmenter(model, shift_div, match, causal, **settings)

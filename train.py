@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from data import DataError, build_dataset, collate
 from evaluate import evaluate, fail
-from qshift import QShiftMaskFormer, build_model, tiny_config
+from qshift import QShiftSegmenter, build_model, tiny_config
 
 # -----------------------------------------------------------------------------
 # configuration: a flag given on the command line wins, then (with --resume) the run's saved config, then the
@@ -45,7 +45,7 @@ PRESETS = {  # clip_len frames per clip; batch_size clips per step (per GPU); cr
     "clips": dict(clip_len=8, batch_size=1, lr=5e-4, epochs=10, crop=[480, 480]),
     "synthetic": dict(clip_len=8, batch_size=2, lr=5e-4, epochs=10, crop=None, model="tiny", workers=0),
 }
-DEFAULTS = dict(root=None, shift=16, match=True, causal=False, model="facebook/maskformer-swin-tiny-ade",
+DEFAULTS = dict(root=None, model="facebook/maskformer-swin-tiny-ade",
                 weight_decay=0.05, warmup=100, grad_clip=0.1, max_steps=0, out="out", seed=0, workers=4, amp=False,
                 eval_every=0, val_videos=0, log_every=10, min_frames=32, device=None)
 
@@ -53,10 +53,15 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
 parser.error = fail  # one line and exit status 2, as for every other bad input
 parser.add_argument("--data", choices=list(PRESETS), help="data set (default: synthetic)")
 parser.add_argument("--root", help="data set folder (not needed for synthetic)")
-parser.add_argument("--shift", type=int, help="shift 1/K of the query channels; 0 = frame-by-frame baseline (16)")
+parser.add_argument("--shift", type=int, help="shift 1/K of the channels; 0 = frame-by-frame baseline (16)")
+parser.add_argument("--shift-at", help="where to shift: queries (the paper), pixels, backbone, or a comma-separated "
+                    "combination such as queries,pixels (queries)")
 parser.add_argument("--match", action=argparse.BooleanOptionalAction, help="match queries before shifting (on)")
+parser.add_argument("--match-by", choices=["queries", "masks"], help="match by the queries' cosine similarity (Eq. 2) "
+                    "or by their predicted masks' (queries)")
 parser.add_argument("--causal", action=argparse.BooleanOptionalAction, help="online: shift from the past only (off)")
-parser.add_argument("--model", help="HF hub id or local folder of a MaskFormer, or 'tiny' for a small random one")
+parser.add_argument("--model", help="HF hub id or local folder of a MaskFormer or Mask2Former, or 'tiny' / "
+                    "'tiny-mask2former' for a small random one")
 parser.add_argument("--clip-len", type=int, help="frames per clip")
 parser.add_argument("--batch-size", type=int, help="clips per step and GPU")
 parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="training crop")
@@ -139,17 +144,30 @@ try:
 except DataError as e:
     fail(str(e))
 
+# the shift's settings: given here or saved with the run; the rest are QShiftSegmenter's defaults, the paper's
+settings = dict(shift_div=config.get("shift"), match=config.get("match"), causal=config.get("causal"),
+                shift_at=config["shift_at"].split(",") if config.get("shift_at") else None,
+                match_by=config.get("match_by"))
+tiny = {"tiny": "maskformer", "tiny-mask2former": "mask2former"}
 try:
-    settings = dict(shift_div=config["shift"], match=config["match"], causal=config["causal"])
     if args.resume:
-        model = QShiftMaskFormer.from_pretrained(out / "last", **settings)
-    elif config["model"] == "tiny":
-        model = build_model(tiny_config(train_set.num_classes, hidden_size=256, id2label=train_set.id2label), **settings)
+        model = QShiftSegmenter.from_pretrained(out / "last", **settings)
+    elif config["model"] in tiny:
+        config_ = tiny_config(train_set.num_classes, hidden_size=256, id2label=train_set.id2label,
+                              family=tiny[config["model"]])
+        model = build_model(config_, **{k: v for k, v in settings.items() if v is not None})
     else:
-        model = QShiftMaskFormer.from_pretrained(config["model"], num_labels=train_set.num_classes,
-                                                 id2label=train_set.id2label, **settings)
-except (OSError, ValueError) as e:
+        model = QShiftSegmenter.from_pretrained(config["model"], num_labels=train_set.num_classes,
+                                                id2label=train_set.id2label, **settings)
+except ValueError as e:  # qshift names the setting: shift_div, shift_at, match_by
+    flags = {"shift_div": "--shift", "shift_at": "--shift-at", "match_by": "--match-by"}
+    setting = str(e).split(" ")[0]
+    fail(flags[setting] + str(e)[len(setting):] if setting in flags else str(e))
+except OSError as e:
     fail(str(e))
+resolved = model.settings()  # what runs, recorded in config.json: e.g. match is off when the queries are not shifted
+config.update(shift=resolved["shift_div"], match=resolved["match"], causal=resolved["causal"],
+              shift_at=",".join(resolved["shift_at"]), match_by=resolved["match_by"])
 if model.model.config.num_labels != train_set.num_classes:
     fail(f"--model {config['model']}: {model.model.config.num_labels} classes, the data set has {train_set.num_classes}")
 model.to(device)
