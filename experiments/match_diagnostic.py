@@ -21,7 +21,8 @@ the heads make of them: what the matching sees (for a shift-trained checkpoint, 
     oracle    Hungarian on the indicator "covers the same object": the most same-object pairs any pairing reaches.
 - Same object: among the queries of t-1 that cover an object o still present at t, the share whose partner covers o
   at t. Split by o's colour cue: visible at t-1 and t, hidden (grey) at t-1, hidden at t (never at both: data.py).
-- Same slot: the share of all queries whose partner has their own index (1 for identity).
+- Same slot: the share of queries whose partner has their own index (1 for identity), among the queries of t-1
+  that cover an object, and among all queries.
 - Owner kept (pixels, no pairing): among the pixels that show the same object at t-1 and t, the share whose owner is
   the same query at both frames; split by the cue in the same way.
 Rates pool every adjacent frame pair of every video; the summary is mean ± sample std over the checkpoints (seeds).
@@ -145,8 +146,8 @@ def owner_kept_counts(owner, object_ids, cue_hidden):
 
 @torch.no_grad()
 def diagnose(model, dataset, min_pixels=MIN_PIXELS, max_videos=None):
-    """Counts over every adjacent frame pair of the (first max_videos) videos: {pairing: {cue case: (same, counted),
-    "slot": (same slot, queries)}, "owner kept (pixels)": {cue case: (kept, counted)}}, as int64 arrays (2,)."""
+    """Counts over every adjacent frame pair of the (first max_videos) videos, each an int64 array (hits, counted):
+    {pairing: {cue case: same object, "object slot" and "slot": same slot}, "owner kept (pixels)": {cue case: kept}}."""
     model.eval()
     counts = collections.defaultdict(lambda: collections.defaultdict(lambda: np.zeros(2, np.int64)))
     for v in range(min(len(dataset), max_videos or len(dataset))):
@@ -160,14 +161,17 @@ def diagnose(model, dataset, min_pixels=MIN_PIXELS, max_videos=None):
         for name, partners in pairings(queries, mask_logits, cover).items():
             for key, pair in same_object_counts(partners, cover, present, hidden).items():
                 counts[name][key] += pair
-            counts[name]["slot"] += (int((partners == torch.arange(partners.shape[1])).sum()), partners.numel())
+            own = partners == torch.arange(partners.shape[1])  # (T-1, Q)
+            covering = cover[:-1] >= 0
+            counts[name]["object slot"] += (int((own & covering).sum()), int(covering.sum()))
+            counts[name]["slot"] += (int(own.sum()), own.numel())
         for key, pair in owner_kept_counts(owner, ids, cue).items():
             counts["owner kept (pixels)"][key] += pair
     return counts
 
 
 def rates(counts):
-    """{row: {cue case, "all", "slot": rate}} from diagnose's counts (NaN where nothing was counted)."""
+    """{row: {cue case, "all", "object slot", "slot": rate}} from diagnose's counts (NaN where nothing was counted)."""
     result = {}
     for row, cells in counts.items():
         cells = {**cells, "all": sum(cells[cue] for cue in CUES)}
@@ -175,12 +179,13 @@ def rates(counts):
     return result
 
 
-COLUMNS = (*CUES, "all", "slot")
+COLUMNS = (*CUES, "all", "object slot", "slot")
 
 
 def markdown_table(runs):
     """Rows: the pairings and the pixel owners; columns: percent, mean ± std over runs (a list of rates dicts)."""
-    lines = ["| pairing of t-1 with t | cue " + " | cue ".join(CUES) + " | all | same slot |",
+    titles = [f"cue {cue}" for cue in CUES] + ["all", "same slot, object queries", "same slot, all queries"]
+    lines = ["| pairing of t-1 with t | " + " | ".join(titles) + " |",
              "|---|" + "---:|" * len(COLUMNS)]
     for row in runs[0]:
         cells = [_mean_std([run[row].get(key, float("nan")) for run in runs])[0] for key in COLUMNS]
@@ -224,10 +229,10 @@ def main(argv=None):
         runs.append({"checkpoint": checkpoint, "trained_with": trained, "rates": rates(counts),
                      "counts": {row: {k: v.tolist() for k, v in cells.items()} for row, cells in counts.items()}})
         pairs = counts[PAIRINGS[0]]
-        sizes = ", ".join(f"{cue}: {pairs[cue][1]}" for cue in CUES)
+        sizes = ", ".join(f"cue {cue}: {pairs[cue][1]}" for cue in CUES) + \
+            f"; same slot: {pairs['object slot'][1]} object queries, {pairs['slot'][1]} in all"
         sections.append(f"### {checkpoint} (trained with shift_div {trained['shift_div']})\n\n"
-                        + markdown_table([runs[-1]["rates"]]) + f"\nEvery pairing is counted over the same pairs "
-                        f"(cue {sizes}), same slot over {pairs['slot'][1]} queries.\n")
+                        + markdown_table([runs[-1]["rates"]]) + f"\nEvery pairing counts the same pairs ({sizes}).\n")
         print(sections[-1], flush=True)
     summary = (f"## Mean ± std over {len(runs)} checkpoints\n\n" + markdown_table([run["rates"] for run in runs])
                + f"\nPercent. Synthetic val, {num_videos} whole videos, min_pixels {args.min_pixels}; "

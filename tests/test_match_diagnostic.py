@@ -116,6 +116,7 @@ def test_script_on_a_tiny_model(tmp_path, capsys):
     rates, counts = report["runs"][0]["rates"], report["runs"][0]["counts"]
     assert list(rates) == [*md.PAIRINGS, "owner kept (pixels)"]
     assert rates["identity"]["slot"] == 1 and counts["identity"]["slot"] == [23 * 20, 23 * 20]  # 24 frames, Q = 20
+    assert counts["identity"]["object slot"][0] == counts["identity"]["object slot"][1]
     for name in md.PAIRINGS:  # every pairing is counted over the same pairs; none beats the oracle
         assert [counts[name][cue][1] for cue in md.CUES] == [counts["oracle"][cue][1] for cue in md.CUES]
         assert sum(counts[name][cue][0] for cue in md.CUES) <= sum(counts["oracle"][cue][0] for cue in md.CUES)
