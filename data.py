@@ -24,6 +24,7 @@ Your own clips (`clips`):
 
 Synthetic (`synthetic`): generated in memory from the seed, no files; see `Synthetic`.
 """
+import copy
 import json
 import os
 import re
@@ -36,6 +37,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 IGNORE_INDEX = 255
+NO_OBJECT = 255  # synthetic object_ids of pixels that show no object (background, padding)
 MEAN = (0.485, 0.456, 0.406)  # ImageNet, as MaskFormer's image processor
 STD = (0.229, 0.224, 0.225)
 SCALES = (0.5, 2.0)  # range of the random training scale
@@ -305,6 +307,8 @@ class Synthetic(ClipDataset):
     background (class `background_class` = 0). An object's class (1..num_object_classes) sets its colour and nothing
     else. In `hidden_fraction` of the frames, drawn per object and never two in a row, the object is drawn grey: its
     shape stays visible, its class can only come from its neighbouring frames. cue_hidden marks those pixels.
+    Items also carry object_ids uint8 (T, H, W): which object 0..num_objects-1 each pixel shows, NO_OBJECT for
+    none, under the labels' geometry (to ask whether a model tracks objects, experiments/match_diagnostic.py).
     The world follows from (seed, split), video by video, and is built in memory when the dataset is made.
     """
 
@@ -326,7 +330,8 @@ class Synthetic(ClipDataset):
         palette = np.array([self.COLOURS[n] for n in names])
         world = [_synthetic_video(np.random.default_rng([seed, self.SPLITS.index(split), v, 2]), num_frames, *size,
                                   palette, num_objects, object_size, hidden_fraction) for v in range(num_videos)]
-        self.images, self.labels, self.cue = (np.stack(x) for x in zip(*world))  # (V, T, H, W, 3), (V, T, H, W) x2
+        # (V, T, H, W, 3), then (V, T, H, W) each
+        self.images, self.labels, self.cue, self.object_ids = (np.stack(x) for x in zip(*world))
         self.background_class = 0
         videos = [(f"{split}-{v:03d}", [f"{t:03d}" for t in range(num_frames)]) for v in range(num_videos)]
         super().__init__(videos, ["background", *names], clip_len, train, crop, seed, where=f"synthetic {split}")
@@ -335,9 +340,21 @@ class Synthetic(ClipDataset):
         ts = np.asarray(ts)
         return self.images[v, ts], self.labels[v, ts], self.cue[v, ts]
 
+    def _clip(self, v, ts, rng=None):
+        """The parent's item plus object_ids (T, H, W), warped under the same random geometry as the labels."""
+        replay = copy.deepcopy(rng)  # the parent draws its geometry from rng: a copy draws the same one again
+        item = super()._clip(v, ts, rng)
+        ids = torch.from_numpy(self.object_ids[v, np.asarray(ts)])[:, None]  # (T, 1, H, W)
+        if replay is not None:
+            region, size, flip = _random_geometry(*ids.shape[2:], self.crop, replay)
+            ids = _warp(ids, region, size, flip, self.crop or size, "nearest-exact", NO_OBJECT)
+        item["object_ids"] = ids[:, 0]
+        return item
+
 
 def _synthetic_video(rng, T, H, W, palette, num_objects, object_size, hidden_fraction):
-    """One synthetic video: images uint8 (T, H, W, 3), labels uint8 (T, H, W), cue_hidden bool (T, H, W)."""
+    """One synthetic video: images uint8 (T, H, W, 3), labels uint8 (T, H, W), cue_hidden bool (T, H, W) and
+    object_ids uint8 (T, H, W) (NO_OBJECT: background)."""
     O = num_objects
     t = np.arange(T)[:, None]  # (T, 1)
     classes = rng.integers(1, len(palette) + 1, O)
@@ -387,7 +404,7 @@ def _synthetic_video(rng, T, H, W, palette, num_objects, object_size, hidden_fra
     image += rng.random((T, H, W, 1), dtype=np.float32) * 0.1 - 0.05  # pixel noise
     image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
     labels = np.append(classes, 0)[owner].astype(np.uint8)
-    return image, labels, hidden[t[..., None], owner]
+    return image, labels, hidden[t[..., None], owner], np.where(owner == O, NO_OBJECT, owner).astype(np.uint8)
 
 
 def _bounce(p, lo, hi):
@@ -406,7 +423,8 @@ def mask_targets(labels, dtype=torch.float32):
 
 def collate(items):
     """Batch B clip items: pixel_values (B, T, 3, H, W), labels (B, T, H, W), mask_labels (bool) and class_labels
-    (lists of B*T targets, frame b*T + t at index b*T + t), video (B names), frames (B lists), cue_hidden (B, T, H, W)."""
+    (lists of B*T targets, frame b*T + t at index b*T + t), video (B names), frames (B lists), and where the items
+    have them cue_hidden and object_ids (B, T, H, W)."""
     batch = {"pixel_values": torch.stack([item["pixel_values"] for item in items]),
              "video": [item["video"] for item in items], "frames": [item["frames"] for item in items]}
     if "labels" in items[0]:
@@ -417,6 +435,8 @@ def collate(items):
         batch["class_labels"] = [classes for _, classes in targets]
     if "cue_hidden" in items[0]:
         batch["cue_hidden"] = torch.stack([item["cue_hidden"] for item in items])
+    if "object_ids" in items[0]:
+        batch["object_ids"] = torch.stack([item["object_ids"] for item in items])
     return batch
 
 

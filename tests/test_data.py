@@ -328,6 +328,42 @@ def test_synthetic_training_crop_and_flip_keep_cue_aligned():
         assert not (item["cue_hidden"] & (item["labels"] == IGNORE_INDEX)).any()
 
 
+def check_object_ids(ids, labels, cue, background_class):
+    """Every object's pixels have one class (the world draws a class per object) and one cue state per frame;
+    the pixels of no object are background, or ignored padding."""
+    assert ids.dtype == torch.uint8 and ids.shape == labels.shape
+    objects = ids != data.NO_OBJECT
+    assert set(labels[~objects].unique().tolist()) <= {background_class, IGNORE_INDEX}
+    assert not (labels[objects] == background_class).any() and not (labels[objects] == IGNORE_INDEX).any()
+    for o in ids[objects].unique():
+        assert labels[ids == o].unique().numel() == 1
+        for t in range(ids.shape[0]):
+            assert cue[t][ids[t] == o].unique().numel() <= 1  # grey all over or not at all
+
+
+def test_synthetic_object_ids_follow_labels_through_crop_and_flip():
+    whole = build_dataset("synthetic", split="val", clip_len=None, train=False, num_videos=3)
+    for v in range(3):
+        item = whole[v]
+        check_object_ids(item["object_ids"], item["labels"], item["cue_hidden"], whole.background_class)
+        assert torch.equal(item["object_ids"], torch.from_numpy(whole.object_ids[v]))  # whole frames: untouched
+        assert item["object_ids"].unique().numel() >= 3  # objects and background
+    assert torch.equal(whole.frame(1, 4)["object_ids"], torch.from_numpy(whole.object_ids[1, 4]))
+    ds = build_dataset("synthetic", num_videos=2, clip_len=4, crop=(48, 48), seed=1)
+    seen = 0  # cropped frames that show an object
+    for epoch in range(6):
+        ds.set_epoch(epoch)  # a new scale, crop and flip each epoch
+        item = ds[1]
+        ids, labels = item["object_ids"], item["labels"]
+        assert ids.shape == (4, 48, 48)
+        check_object_ids(ids, labels, item["cue_hidden"], ds.background_class)
+        assert torch.equal(ids == data.NO_OBJECT, (labels == ds.background_class) | (labels == IGNORE_INDEX))
+        seen += int((ids != data.NO_OBJECT).flatten(1).any(1).sum())
+    assert seen > 6 * 4 // 2  # most crops show some object
+    batch = collate([ds[0], ds[1]])
+    assert batch["object_ids"].shape == (2, 4, 48, 48) and torch.equal(batch["object_ids"][1], item["object_ids"])
+
+
 # ---------------------------------------------------------------- bad input
 
 
