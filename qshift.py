@@ -21,6 +21,7 @@ Copy this file into your project; it needs torch, scipy and transformers.
 import itertools
 import json
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -154,11 +155,16 @@ def decode_mask2former(model, features, aux=False):
     return states[-1], pixels.mask_features, states[:-1] if aux else []
 
 
-FAMILIES = {  # config.model_type -> (HF class, its config class, decode, where its mask head's MLP lives)
-    "maskformer": (MaskFormerForInstanceSegmentation, MaskFormerConfig, decode_maskformer,
-                   lambda model: model.mask_embedder),
-    "mask2former": (Mask2FormerForUniversalSegmentation, Mask2FormerConfig, decode_mask2former,
-                    lambda model: model.model.transformer_module.decoder.mask_predictor.mask_embedder),
+class Family(NamedTuple):
+    hf_class: type  # the HF model with heads
+    decode: Callable  # (model, features, aux) -> queries, pixel embeddings, earlier layers' queries
+    mask_mlp: Callable  # model -> the MLP that turns a query into its mask embedding
+
+
+FAMILIES = {  # config.model_type -> Family
+    "maskformer": Family(MaskFormerForInstanceSegmentation, decode_maskformer, lambda model: model.mask_embedder),
+    "mask2former": Family(Mask2FormerForUniversalSegmentation, decode_mask2former,
+                          lambda model: model.model.transformer_module.decoder.mask_predictor.mask_embedder),
 }
 
 # -----------------------------------------------------------------------------
@@ -218,13 +224,13 @@ class QShiftSegmenter(nn.Module):
     def decode(self, features, aux=False):
         """Pixel and transformer decoders: features [(N, C_i, h_i, w_i)] -> queries (N, Q, C), pixel embeddings
         (N, C', H/4, W/4), earlier layers' queries [(N, Q, C)] (with aux)."""
-        return FAMILIES[self.family][2](self.model, features, aux)
+        return FAMILIES[self.family].decode(self.model, features, aux)
 
     def heads(self, queries, pixel_embeddings):
         """The heads (Sec. 3.1): queries (N, Q, C), pixel embeddings (N, C', h, w) -> class_logits (N, Q, L+1),
         mask_logits (N, Q, h, w), the dot product of each query's mask embedding with every pixel embedding."""
         class_logits = self.model.class_predictor(queries)
-        mask_embeddings = FAMILIES[self.family][3](self.model)(queries)  # (N, Q, C')
+        mask_embeddings = FAMILIES[self.family].mask_mlp(self.model)(queries)  # (N, Q, C')
         return class_logits, torch.einsum("nqc,nchw->nqhw", mask_embeddings, pixel_embeddings)
 
     def shift_decoded(self, queries, pixel_embeddings):
@@ -305,7 +311,7 @@ class QShiftSegmenter(nn.Module):
         elif id2label is not None:
             config.id2label = id2label
         config.label2id = {name: i for i, name in config.id2label.items()}
-        model = FAMILIES[config.model_type][0].from_pretrained(name_or_path, config=config, **kwargs)
+        model = FAMILIES[config.model_type].hf_class.from_pretrained(name_or_path, config=config, **kwargs)
         return cls(model, **settings)
 
 
@@ -444,7 +450,7 @@ def build_model(config, shift_div=16, match=True, causal=False, **settings):
     The learned query embeddings are drawn from N(0, 1), as in DETR: with HF's default std of 0.02 the queries of a
     model trained from scratch stay nearly identical and every pixel ends up with one class.
     """
-    model = FAMILIES[config.model_type][0](config)
+    model = FAMILIES[config.model_type].hf_class(config)
     for name in ("queries_embedder", "queries_features"):  # Mask2Former learns both the queries and their positions
         if hasattr(model.model.transformer_module, name):
             nn.init.normal_(getattr(model.model.transformer_module, name).weight, std=1.0)

@@ -336,7 +336,7 @@ def distinct_masks(model):
     embeddings, hence the masks case runs on Mask2Former only (the streaming code is the same for both families).
     """
     with torch.no_grad():
-        for layer in FAMILY_CLASSES[model.family][3](model.model).modules():
+        for layer in FAMILY_CLASSES[model.family].mask_mlp(model.model).modules():
             if isinstance(layer, torch.nn.Linear):
                 torch.nn.init.normal_(layer.weight, std=2 / layer.in_features ** 0.5)
                 torch.nn.init.zeros_(layer.bias)
