@@ -14,6 +14,7 @@ they are: with the shift off, QShiftMaskFormer is exactly the image model run fr
 Copy this file into your project; it needs torch, scipy and transformers.
 """
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,12 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from transformers import DetrConfig, MaskFormerConfig, MaskFormerForInstanceSegmentation, SwinConfig
 from transformers.models.maskformer.modeling_maskformer import MaskFormerForInstanceSegmentationOutput
+
+# MaskFormer saves its Swin backbone's config as its own type "maskformer-swin", then warns on loading it back that this
+# type is not among the backbones it supports ("resnet", "swin"; the message, copied from Mask2Former, names that
+# model): harmless, and silenced here, this one message only.
+logging.getLogger("transformers.models.maskformer.configuration_maskformer").addFilter(
+    lambda record: not record.getMessage().startswith("Backbone maskformer-swin is not a supported model"))
 
 # -----------------------------------------------------------------------------
 # Sec. 3.2: feature shift
