@@ -18,7 +18,8 @@ Cityscapes-VPS (`cityscapes-vps`):
   each class colour to its train id and everything else to 255. Any tool that writes such uint8 PNGs will do.
 
 Your own clips (`clips`):
-    ROOT/classes.txt                        one class name a line (required when there are labels)
+    ROOT/classes.txt                        one class name a line (required when there are labels), optionally
+                                            followed by its colour in pictures: "road #804080"
     ROOT/<video>/frames/<frame>.jpg|png
     ROOT/<video>/labels/<frame>.png         optional: class ids 0..K-1, 255 = ignore, the frames' file stems
     ROOT/train.txt, val.txt, ...            optional: one video folder name a line, the videos of a split
@@ -336,10 +337,17 @@ def _clips(root, split, **common):
     classes_file = os.path.join(root, "classes.txt")
     if not unlabelled and not os.path.exists(classes_file):
         raise DataError(f"{classes_file}: missing; with labels, it names the classes, one a line (class 0 first)")
-    class_names = _lines(classes_file) if os.path.exists(classes_file) else []
-    if len(class_names) >= IGNORE_INDEX:
-        raise DataError(f"{classes_file}: {len(class_names)} classes, at most {IGNORE_INDEX - 1} fit 8-bit labels")
-    return FolderClips(videos, files, class_names, where=split_file if os.path.exists(split_file) else root, **common)
+    lines = _lines(classes_file) if os.path.exists(classes_file) else []
+    if len(lines) >= IGNORE_INDEX:
+        raise DataError(f"{classes_file}: {len(lines)} classes, at most {IGNORE_INDEX - 1} fit 8-bit labels")
+    coloured = [re.fullmatch(r"(.+?)\s+#([0-9a-fA-F]{6})", line) for line in lines]  # "name #rrggbb"
+    if any(coloured) and not all(coloured):
+        raise DataError(f"{classes_file}: give every class a colour (name #rrggbb) or none")
+    class_names = [match[1] for match in coloured] if any(coloured) else lines
+    dataset = FolderClips(videos, files, class_names, where=split_file if os.path.exists(split_file) else root, **common)
+    if any(coloured):
+        dataset.palette = np.array([list(bytes.fromhex(match[2])) for match in coloured], np.uint8)
+    return dataset
 
 
 class Synthetic(ClipDataset):

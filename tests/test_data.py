@@ -208,6 +208,13 @@ def test_clips_frame_order_classes_and_unlabelled(tmp_path):
     assert denormalise(ds[1]["pixel_values"])[:, 0, 0, 0].round().tolist() == [20, 10, 0]
     (root / "classes.txt").write_text("sky\n\nroad\n")
     assert build_dataset("clips", root, clip_len=1).id2label == {0: "sky", 1: "road"}
+    assert build_dataset("clips", root, clip_len=1).palette is None
+    (root / "classes.txt").write_text("blue sky #4080ff\nroad #000000\n")  # with the colours of pictures
+    ds = build_dataset("clips", root, clip_len=1)
+    assert ds.class_names == ["blue sky", "road"] and ds.palette.tolist() == [[64, 128, 255], [0, 0, 0]]
+    (root / "classes.txt").write_text("sky #4080ff\nroad\n")
+    with pytest.raises(DataError, match="classes.txt: give every class a colour"):
+        build_dataset("clips", root, clip_len=1)
 
 
 def test_clips_splits_come_from_split_files(tmp_path):
