@@ -26,7 +26,7 @@ base() {  # seed
 }
 finetune() {  # seed shift match|no-match; train.py only glances at val (4 videos): evaluate.py scores `last` on all
   local run="$OUT/seed$1/shift$2-$3"
-  [ -e "$run/eval-val.json" ] && return
+  [ -e "$run/eval-synthetic-val.json" ] && return
   python train.py --model "$OUT/seed$1/base/last" --shift "$2" --"$3" --seed "$1" --max-steps "$FINETUNE_STEPS" \
     --val-videos 4 \
     --out "$run" --overwrite > "$run.log" 2>&1
