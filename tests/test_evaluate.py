@@ -257,6 +257,19 @@ def main(argv):
     evaluate.main(parse_args(argv))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_scores_on_cuda_equal_those_on_the_cpu(synthetic, tiny_model, monkeypatch):
+    monkeypatch.setattr(evaluate, "predict_video", fake_predictions)
+    on_cpu = evaluate.evaluate(torch.nn.Linear(1, 1), synthetic, progress=False)
+    monkeypatch.setattr(evaluate, "predict_video", lambda *args: (pred.cuda() for pred in fake_predictions(*args)))
+    on_cuda = evaluate.evaluate(torch.nn.Linear(1, 1), synthetic, "cuda", progress=False)  # index_add_, pinned labels
+    assert json.dumps(evaluate._json_safe(on_cuda)) == json.dumps(evaluate._json_safe(on_cpu))
+    monkeypatch.undo()
+    amp = evaluate.evaluate(tiny_model, synthetic, "cuda", amp=True, progress=False)  # bf16 autocast
+    tiny_model.cpu()
+    assert amp["num_frames"] == 36 and 0 <= amp["miou"] <= 1
+
+
 def test_own_frames_without_labels_give_predictions_and_pictures_only(tiny_model, tmp_path, capsys):
     rng = np.random.default_rng(0)
     (tmp_path / "clips" / "walk" / "frames").mkdir(parents=True)
