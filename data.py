@@ -344,7 +344,8 @@ def _clips(root, split, **common):
     if any(coloured) and not all(coloured):
         raise DataError(f"{classes_file}: give every class a colour (name #rrggbb) or none")
     class_names = [match[1] for match in coloured] if any(coloured) else lines
-    dataset = FolderClips(videos, files, class_names, where=split_file if os.path.exists(split_file) else root, **common)
+    where = split_file if os.path.exists(split_file) else root
+    dataset = FolderClips(videos, files, class_names, where=where, **common)
     if any(coloured):
         dataset.palette = np.array([list(bytes.fromhex(match[2])) for match in coloured], np.uint8)
     return dataset
