@@ -15,30 +15,70 @@ Ratios come from interleaved runs (A B B A ...) after a warm-up: the median of t
 CPU memory is read from Linux's /proc (peak resident set size), so the CPU memory figures need Linux.
 """
 import argparse
-import ctypes
-import gc
 import json
-import multiprocessing
 import os
-import platform
-import statistics
-import tempfile
-import time
-from concurrent.futures import ProcessPoolExecutor
+import re
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-import transformers
-from PIL import Image
-from torch.utils.data import DataLoader
-from transformers import DetrConfig, MaskFormerConfig, SwinConfig
-
-import data
-import evaluate
-import qshift
+from cli import fail, make_parser
 
 QUICK = dict(frames=4, size=64, repeats=4, mem_frames=[16, 64], mem_size=64, clips=6)
+
+
+def positive(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def parse_args(argv=None):
+    """The flags, --quick's smaller defaults filled in where a flag is not given; a bad one exits with one line. It
+    needs no torch (see cli.py): whether CUDA is there is checked in main."""
+    parser = make_parser(__doc__)
+    parser.add_argument("--device", help="cpu or cuda[:i] (default: cuda when present, else cpu)")
+    parser.add_argument("--threads", type=positive, default=len(os.sched_getaffinity(0)), help="CPU cores to use")
+    parser.add_argument("--frames", type=positive, default=16, help="frames per clip for the cost figures")
+    parser.add_argument("--size", type=positive, default=256, help="frame height and width for the cost figures")
+    parser.add_argument("--repeats", type=positive, default=6, help="timed runs of each variant")
+    parser.add_argument("--mem-frames", type=positive, nargs=2, default=[16, 128], help="the two video lengths")
+    parser.add_argument("--mem-size", type=positive, default=128, help="frame height and width for the memory figures")
+    parser.add_argument("--clips", type=positive, default=20, help="clips timed for the data figures")
+    parser.add_argument("--quick", action="store_true", help=f"smaller defaults: {QUICK}")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args = parser.parse_args(argv, argparse.Namespace(**QUICK))  # preset attributes take no defaults
+    if args.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        fail(f"--device {args.device}: use cpu or cuda[:i]")
+    if args.mem_frames[0] >= args.mem_frames[1]:
+        fail(f"--mem-frames {args.mem_frames[0]} {args.mem_frames[1]}: the second must be the longer video")
+    return args
+
+
+# Flags are read before the imports below (2-4 s, torch and transformers), so that --help and mistakes answer at once;
+# the same pattern in train.py and evaluate.py.
+if __name__ == "__main__":
+    args = parse_args()
+
+import ctypes  # noqa: E402
+import gc  # noqa: E402
+import multiprocessing  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import transformers  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from transformers import DetrConfig, MaskFormerConfig, SwinConfig  # noqa: E402
+
+import data  # noqa: E402
+import evaluate  # noqa: E402
+import qshift  # noqa: E402
 
 
 def swin_tiny_config():
@@ -281,40 +321,6 @@ def machine(args):
             "torch": torch.__version__, "transformers": transformers.__version__, "device": device}
 
 
-def positive(text):
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return int(text)
-
-
-parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
-parser.error = evaluate.fail  # one line and exit status 2, as for every other bad input
-parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:i]")
-parser.add_argument("--threads", type=positive, default=len(os.sched_getaffinity(0)), help="CPU cores to use")
-parser.add_argument("--frames", type=positive, default=16, help="frames per clip for the cost figures")
-parser.add_argument("--size", type=positive, default=256, help="frame height and width for the cost figures")
-parser.add_argument("--repeats", type=positive, default=6, help="timed runs of each variant")
-parser.add_argument("--mem-frames", type=positive, nargs=2, default=[16, 128], help="the two video lengths")
-parser.add_argument("--mem-size", type=positive, default=128, help="frame height and width for the memory figures")
-parser.add_argument("--clips", type=positive, default=20, help="clips timed for the data figures")
-parser.add_argument("--quick", action="store_true", help=f"smaller defaults: {QUICK}")
-parser.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def parse_args(argv=None):
-    """The flags, --quick's smaller defaults filled in where a flag is not given; bad ones exit with one line."""
-    args = parser.parse_args(argv)
-    if args.quick:
-        args = parser.parse_args(argv, argparse.Namespace(**QUICK))  # preset attributes take no defaults
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available on this machine")
-    if args.device != "cpu" and not args.device.startswith("cuda"):
-        parser.error(f"--device {args.device}: use cpu or cuda[:i]")
-    if args.mem_frames[0] >= args.mem_frames[1]:
-        parser.error(f"--mem-frames {args.mem_frames[0]} {args.mem_frames[1]}: the second must be the longer video")
-    return args
-
-
 def report(args, figures):
     """The machine, the settings and every figure with its goal and whether it is met, as one dict."""
     table = {}
@@ -341,8 +347,11 @@ def markdown(rep):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(args):
+    """Run the benchmarks that parse_args asked for and print the report."""
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"--device {args.device}: CUDA is not available on this machine")
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     rep = report(args, collect(args, swin_tiny_config()))
@@ -350,4 +359,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    main(args)

@@ -18,9 +18,13 @@ Cityscapes-VPS (`cityscapes-vps`):
   each class colour to its train id and everything else to 255. Any tool that writes such uint8 PNGs will do.
 
 Your own clips (`clips`):
-    ROOT/classes.txt                        one class name a line (required when there are labels)
+    ROOT/classes.txt                        one class name a line (required when there are labels), optionally
+                                            followed by its colour in pictures: "road #804080"
     ROOT/<video>/frames/<frame>.jpg|png
     ROOT/<video>/labels/<frame>.png         optional: class ids 0..K-1, 255 = ignore, the frames' file stems
+    ROOT/train.txt, val.txt, ...            optional: one video folder name a line, the videos of a split
+  The split "all" is every video; "train" without a train.txt every video that val.txt does not list. Every video
+  has labels, or none has.
 
 Synthetic (`synthetic`): generated in memory from the seed, no files; see `Synthetic`.
 """
@@ -47,6 +51,10 @@ _STD255 = torch.tensor(STD).view(3, 1, 1) * 255
 CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
                       "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
                       "bicycle"]
+CITYSCAPES_PALETTE = [(128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+                      (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
+                      (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32)]
+# the official colours of the train ids (cityscapesScripts' labels.py)
 VSPW_NUM_CLASSES = 124
 
 
@@ -78,7 +86,7 @@ def build_dataset(name, root=None, split="train", clip_len=8, train=True, crop=N
         return _vspw(root, split, min_frames, **common)
     if name == "cityscapes-vps":
         return _cityscapes_vps(root, split, **common)
-    return _clips(root, **common)
+    return _clips(root, split, **common)
 
 
 class ClipDataset(Dataset):
@@ -89,9 +97,14 @@ class ClipDataset(Dataset):
     Training covers every video each epoch with n // T clips starting at a random offset drawn in set_epoch, so
     len() never changes; all randomness comes from (seed, epoch, video or item index), never from global state.
     Evaluation: consecutive clips that show every frame once (the last of a video may be shorter), or whole videos.
+    labelled: whether the items have labels. palette: (num_classes, 3) uint8 colours of the classes in pictures, or
+    None (evaluate.py then uses a generic colour map). background_class: the class of no object, where there is one.
     """
 
-    def __init__(self, videos, class_names, clip_len, train, crop, seed, where, lut=None, raw_lut=None):
+    palette = None
+    background_class = None
+
+    def __init__(self, videos, class_names, clip_len, train, crop, seed, where, lut=None, raw_lut=None, labelled=True):
         if not videos:
             raise DataError(f"{where}: no videos")
         longest = max(len(frames) for _, frames in videos)
@@ -101,7 +114,7 @@ class ClipDataset(Dataset):
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.id2label = dict(enumerate(self.class_names))
-        self.clip_len, self.train, self.seed = clip_len, train, seed
+        self.clip_len, self.train, self.seed, self.labelled = clip_len, train, seed, labelled
         self.crop = (crop, crop) if isinstance(crop, int) else crop
         identity = np.where(np.arange(256) < self.num_classes, np.arange(256), -1)
         identity[IGNORE_INDEX] = IGNORE_INDEX
@@ -144,6 +157,11 @@ class ClipDataset(Dataset):
         """Class map (H, W) (0..num_classes-1, IGNORE_INDEX) -> uint8 numpy (H, W) in the dataset's raw ids."""
         return self.raw_lut[np.asarray(labels, dtype=np.int64)]
 
+    def _load(self, v, ts):
+        """Frames ts (a list of indices) of video v, read: images uint8 (T, H, W, 3), raw labels uint8 (T, H, W) or
+        None, cue_hidden bool (T, H, W) or None. Each data set reads its own; DataError for a bad file."""
+        raise NotImplementedError
+
     def _clip(self, v, ts, rng=None):
         """Frames ts of video v as tensors, all under one random geometry when rng is given."""
         images, labels, cue = self._load(v, ts)  # (T, H, W, 3) uint8, raw (T, H, W) uint8 or None, bool or None
@@ -169,7 +187,20 @@ class FolderClips(ClipDataset):
 
     def __init__(self, videos, files, class_names, **kwargs):
         self.files = files
-        super().__init__(videos, class_names, **kwargs)
+        labelled = all(label is not None for video in files for _, label in video)
+        super().__init__(videos, class_names, labelled=labelled, **kwargs)
+
+    def check(self):
+        """Read every file once, so that a bad one (unreadable, of another size than its video's first frame, labels
+        of a bad mode, size or value) stops a run before it starts: DataError."""
+        for v, (_, frames) in enumerate(self.videos):
+            size = None
+            for t in range(len(frames)):
+                images = self._load(v, [t])[0]
+                if size is not None and images.shape != size:
+                    raise DataError(f"{self.files[v][t][0]}: size {images.shape[2]}x{images.shape[1]} differs from "
+                                    f"the video's first frame {size[2]}x{size[1]}")
+                size = images.shape
 
     def _load(self, v, ts):
         images = labels = None
@@ -271,13 +302,26 @@ def _cityscapes_vps(root, split, **common):
             files.append([])
         videos[-1][1].append(os.path.basename(images[key])[:-len(".png")])
         files[-1].append((images[key], None if labels is None else labels[key]))
-    return FolderClips(videos, files, CITYSCAPES_CLASSES, where=image_dir, **common)
+    dataset = FolderClips(videos, files, CITYSCAPES_CLASSES, where=image_dir, **common)
+    dataset.palette = np.array(CITYSCAPES_PALETTE, np.uint8)
+    return dataset
 
 
-def _clips(root, **common):
-    """Your own videos: ROOT/<video>/frames, optional ROOT/<video>/labels, ROOT/classes.txt."""
-    names = sorted((d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d))),
-                   key=_natural_key)
+def _clips(root, split, **common):
+    """Your own videos: ROOT/<video>/frames, optional ROOT/<video>/labels, ROOT/classes.txt, ROOT/<split>.txt."""
+    folders = sorted((d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d))),
+                     key=_natural_key)
+    split_file, val_file = os.path.join(root, f"{split}.txt"), os.path.join(root, "val.txt")
+    if os.path.exists(split_file):
+        names = _lines(split_file)
+    elif split == "all":
+        names = folders
+    elif split == "train":  # every video not kept for validation
+        val = set(_lines(val_file)) if os.path.exists(val_file) else set()
+        names = [name for name in folders if name not in val]
+    else:
+        raise DataError(f"{split_file}: no such file (list the videos of split {split!r} in it, one folder name a "
+                        f"line, or use the split 'all': every video)")
     videos, files, unlabelled = [], [], []
     for name in names:
         frames = _listing(os.path.join(root, name, "frames"), (".jpg", ".jpeg", ".png"))
@@ -293,10 +337,20 @@ def _clips(root, **common):
     if unlabelled and len(unlabelled) < len(names):
         raise DataError(f"{unlabelled[0]}: missing, while other videos have labels")
     classes_file = os.path.join(root, "classes.txt")
-    class_names = _lines(classes_file) if os.path.exists(classes_file) or not unlabelled else []
-    if len(class_names) >= IGNORE_INDEX:
-        raise DataError(f"{classes_file}: {len(class_names)} classes, at most {IGNORE_INDEX - 1} fit 8-bit labels")
-    return FolderClips(videos, files, class_names, where=root, **common)
+    if not unlabelled and not os.path.exists(classes_file):
+        raise DataError(f"{classes_file}: missing; with labels, it names the classes, one a line (class 0 first)")
+    lines = _lines(classes_file) if os.path.exists(classes_file) else []
+    if len(lines) >= IGNORE_INDEX:
+        raise DataError(f"{classes_file}: {len(lines)} classes, at most {IGNORE_INDEX - 1} fit 8-bit labels")
+    coloured = [re.fullmatch(r"(.+?)\s+#([0-9a-fA-F]{6})", line) for line in lines]  # "name #rrggbb"
+    if any(coloured) and not all(coloured):
+        raise DataError(f"{classes_file}: give every class a colour (name #rrggbb) or none")
+    class_names = [match[1] for match in coloured] if any(coloured) else lines
+    where = split_file if os.path.exists(split_file) else root
+    dataset = FolderClips(videos, files, class_names, where=where, **common)
+    if any(coloured):
+        dataset.palette = np.array([list(bytes.fromhex(match[2])) for match in coloured], np.uint8)
+    return dataset
 
 
 class Synthetic(ClipDataset):
@@ -333,6 +387,8 @@ class Synthetic(ClipDataset):
         # (V, T, H, W, 3), then (V, T, H, W) each
         self.images, self.labels, self.cue, self.object_ids = (np.stack(x) for x in zip(*world))
         self.background_class = 0
+        colours = [(0.25, 0.25, 0.25)] + [self.COLOURS[n] for n in names]  # pictures: background dark grey
+        self.palette = np.round(255 * np.array(colours)).astype(np.uint8)
         videos = [(f"{split}-{v:03d}", [f"{t:03d}" for t in range(num_frames)]) for v in range(num_videos)]
         super().__init__(videos, ["background", *names], clip_len, train, crop, seed, where=f"synthetic {split}")
 

@@ -2,66 +2,163 @@
 Evaluate a trained qshift model: mIoU, pixel accuracy, VSPW's video consistency (mVC8, mVC16), per-class IoU,
 saved predictions, pictures like the paper's Figures 2-3, and the paper's Tables 1-2 from several runs.
 
-    python evaluate.py --checkpoint RUN/best --data vspw --root ROOT [--split val] [--clip-len T]
-        [--save-predictions DIR] [--visualize DIR --num-vis N] [--amp] [--device cuda]
-        -> RUN/eval-<split>.json and RUN/eval-<split>.md (eval-<split>-clip<T>.* with --clip-len,
-           eval-<split>-first<N>.* with --max-videos N)
-    python evaluate.py --table RUN [RUN ...] [--split val] [--clip-len T] [--out FILE]
+    python evaluate.py --checkpoint RUN/best [--data vspw --root ROOT] [--split val] [--clip-len T]
+        [--save-predictions DIR] [--visualize DIR --num-vis N] [--max-videos N] [--amp] [--device cuda]
+        -> RUN/eval-<data>-<split>.json and .md (own clips: eval-clips-<folder>-<split>.*; -clip<T> added with
+           --clip-len T, -first<N> with --max-videos N)
+    python evaluate.py --table RUN [RUN ...] [--data D] [--root ROOT] [--split S] [--clip-len T] [--out FILE]
 
-Whole videos run in memory bounded by a few frames (qshift.predict_video): its maps equal those of the whole video
+--data and --root default to those the run was trained on (RUN/config.json); --split to val (own clips without a
+ROOT/val.txt: all, every video). Each evaluation's file names say what was scored, so none replaces another of other
+data, another split or clip length, and a quick look (--max-videos) never replaces a whole evaluation. --table finds
+each run's evaluation of the data set and split that every run has (or those given).
+
+Whole videos run in memory bounded by a few frames (qshift.predict_video); the maps equal those of the whole video
 run as one clip.
+
+Under torch.distributed (train.py's validation with torchrun), evaluate() scores only this rank's share of the videos
+and adds up the ranks' sums, so that every rank returns the scores of all the videos, equal to one process's.
 """
-import argparse
-import collections
 import json
 import math
-import sys
+import re
 from pathlib import Path
 
-import numpy as np
-import torch
-import transformers
-from PIL import Image, ImageDraw, ImageFont
-from tqdm import tqdm
+from cli import check_at_least, fail, first_line, make_parser
 
-import data
-import qshift
+DATA_SETS = ("vspw", "cityscapes-vps", "clips", "synthetic")
+
+
+def scored(data, root, split):
+    """What an evaluation scored, in its file names: the data set (own clips: and their folder's name) and split."""
+    return f"{data}-{Path(root).resolve().name}-{split}" if data == "clips" and root else f"{data}-{split}"
+
+
+def eval_name(data, split, clip_len=None, max_videos=None, root=None):
+    """File name (no suffix) of an evaluation in its run folder: it names what was scored, the clip length and the
+    number of videos, so that no evaluation replaces another of something else."""
+    return (f"eval-{scored(data, root, split)}" + (f"-clip{clip_len}" if clip_len else "")
+            + (f"-first{max_videos}" if max_videos else ""))
+
+
+def parse_args(argv=None):
+    """evaluate.py's flags, checked, with --data, --root and --split filled in (see above); a bad one exits with one
+    line. It needs no torch: see cli.py."""
+    parser = make_parser(__doc__)
+    parser.add_argument("--checkpoint", help="a folder written by train.py (RUN/best); results go to RUN/")
+    parser.add_argument("--table", nargs="+", metavar="RUN", help="make the results table of these runs instead")
+    parser.add_argument("--data", choices=DATA_SETS, help="the data set (default: the run's, from RUN/config.json)")
+    parser.add_argument("--root", help="the data set's folder (default: the run's, for its data set; with --table: "
+                        "tabulate the evaluations of this folder)")
+    parser.add_argument("--split", help="default: val; own clips: val when ROOT/val.txt lists videos, else all")
+    parser.add_argument("--clip-len", type=int, help="independent clips of T frames instead of whole videos "
+                        "(with --table: tabulate those evaluations)")
+    parser.add_argument("--save-predictions", metavar="DIR", help="DIR/<video>/<frame>.png in the raw label ids")
+    parser.add_argument("--visualize", metavar="DIR", help="DIR/<video>.png: image, ground truth, prediction")
+    parser.add_argument("--num-vis", type=int, default=4, help="videos to draw with --visualize (4)")
+    parser.add_argument("--max-videos", type=int, help="evaluate the first N videos only (a quick look)")
+    parser.add_argument("--chunk", type=int, default=8, help="frames the image model runs on at once (8)")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+    parser.add_argument("--out", help="with --table: also write the table to this file")
+    args = parser.parse_args(argv)
+    if (args.checkpoint is None) == (args.table is None):
+        fail("give either --checkpoint (evaluate a model) or --table (tabulate runs)")
+    check_at_least(args, {"--clip-len": 1, "--num-vis": 0, "--chunk": 1, "--max-videos": 1})
+    if args.table:
+        if args.out and not Path(args.out).parent.is_dir():
+            fail(f"--out {args.out}: no such folder {Path(args.out).parent}")
+        return args
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_dir():
+        fail(f"--checkpoint {checkpoint}: no such folder")
+    if not (checkpoint / "qshift.json").is_file():
+        fail(f"--checkpoint {checkpoint}: not a qshift checkpoint (no qshift.json; train.py writes RUN/best)")
+    config = checkpoint.parent / "config.json"  # what train.py ran
+    trained = {}
+    if config.is_file():
+        try:
+            trained = json.loads(config.read_text())
+        except (OSError, ValueError) as e:
+            fail(f"--checkpoint {checkpoint}: cannot read {config} ({first_line(e)})")
+    if args.data is None and trained.get("data") not in DATA_SETS:
+        fail(f"--checkpoint {checkpoint} needs --data: no {config} tells the data set it was trained on")
+    args.data = args.data or trained["data"]
+    if args.root is None and args.data == trained.get("data"):
+        args.root = trained.get("root")
+    if args.split is None:  # own clips: the videos listed in ROOT/val.txt, or else all of them
+        no_val = args.data == "clips" and args.root is not None and not (Path(args.root) / "val.txt").is_file()
+        args.split = "all" if no_val else "val"
+    if args.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        fail(f"--device {args.device}: use cpu, cuda or cuda:N")
+    return args
+
+
+# Flags are read before the imports below (2-4 s, torch and transformers), so that --help and mistakes answer at once;
+# the same pattern in train.py and bench.py.
+if __name__ == "__main__":
+    args = parse_args()
+
+import collections  # noqa: E402
+import itertools  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import transformers  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import data  # noqa: E402
+import qshift  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # metrics
+
+TITLES = {"miou": "mIoU", "pixel_acc": "pix. acc.", "mvc8": "mVC8", "mvc16": "mVC16",
+          "hidden_miou": "hidden-cue mIoU", "hidden_acc": "hidden-cue acc.",
+          "visible_miou": "visible-object mIoU", "visible_acc": "visible-object acc."}  # in reports, tables and logs
+
+
+def summary(results, keys=("miou", "pixel_acc", "mvc8", "hidden_miou", "visible_miou")):
+    """Scores of results in one line, in percent: 'mIoU 51.20, pix. acc. 93.10, ...' (those of keys it has)."""
+    return ", ".join(f"{TITLES[key]} {100 * results[key]:.2f}" for key in keys if key in results)
 
 
 class SegMetrics:
     """Confusion matrix over the pixels whose ground truth is not ignore (VSPW's official mIoU and pixel accuracy).
 
-    update(pred, label): int tensors of one shape, on any device; the matrix lives on pred's device.
+    update(pred, label): int tensors of one shape, on any device; counted on `device`, with no wait for a GPU.
     compute() -> {"miou", "pixel_acc", "iou"}: iou is a list of per-class IoUs, NaN for classes absent from the
     ground truth; miou is their mean over the classes present.
     """
 
-    def __init__(self, num_classes, ignore_index=data.IGNORE_INDEX):
+    def __init__(self, num_classes, ignore_index=data.IGNORE_INDEX, device="cpu"):
         self.num_classes, self.ignore_index = num_classes, ignore_index
-        self.confusion = None  # (C, C) int64, [ground truth, prediction]
+        # counts of label * K + pred: labels >= K (the ignore index) land past the K x K bins of the confusion matrix,
+        # with no boolean indexing (4-5x slower) and no torch.where
+        K = num_classes
+        self.counts = torch.zeros(max(ignore_index + 1, K) * K, dtype=torch.int64, device=device)
+        self.confusion = self.counts[:K * K].view(K, K)  # [ground truth, prediction]
 
     def update(self, pred, label):
-        C = self.num_classes
-        # one bincount over label * C + pred; labels >= C (the ignore index) land past the C x C bins that are kept:
-        # no boolean indexing (4-5x slower) and no torch.where; int32 halves the memory traffic of int64
-        index = label.to(pred.device, torch.int32).reshape(-1) * C + pred.reshape(-1).to(torch.int32)
-        counts = torch.bincount(index, minlength=max(self.ignore_index + 1, C) * C)[:C * C].view(C, C).long()
-        self.confusion = counts if self.confusion is None else self.confusion.add_(counts)
+        K, device = self.num_classes, self.counts.device
+        # int32 indices: half the memory traffic of int64
+        index = label.to(device, torch.int32).reshape(-1) * K + pred.to(device, torch.int32).reshape(-1)
+        if index.is_cuda:  # bincount waits for the GPU to size its output; adding into fixed bins does not
+            self.counts.index_add_(0, index, torch.ones((), dtype=torch.int64, device=device).expand(len(index)))
+        else:  # on the CPU bincount is faster (0.43 against 0.57 ms per 480p frame, 124 classes, one core)
+            self.counts += torch.bincount(index, minlength=len(self.counts))
 
     def compute(self):
-        C = self.num_classes
-        conf = torch.zeros(C, C) if self.confusion is None else self.confusion.double().cpu()
+        conf = self.confusion.double().cpu()
         tp, gt, pred = conf.diag(), conf.sum(1), conf.sum(0)
-        iou = torch.where(gt > 0, tp / (gt + pred - tp), torch.nan)  # (C,)
+        iou = torch.where(gt > 0, tp / (gt + pred - tp), torch.nan)  # (K,)
         present = gt > 0
         miou = iou[present].mean().item() if present.any() else math.nan
         pixel_acc = (tp.sum() / gt.sum()).item() if gt.sum() > 0 else math.nan
         return {"miou": miou, "pixel_acc": pixel_acc, "iou": iou.tolist()}
-
-
 class VideoConsistency:
     """VSPW's video consistency VC_k (official VC_perclip.py) of one video, fed one frame at a time.
 
@@ -110,6 +207,81 @@ def video_consistency(preds, labels, k):
     return vc.result()
 
 
+VC_WINDOWS = (8, 16)  # mVC8, mVC16
+
+
+class Scores:
+    """Every score of an evaluation, fed one frame at a time, as DETR's evaluator objects: update(pred, label,
+    cue_hidden) for each frame of a video, end_video(v) after video v, then results(class_names).
+
+    It holds sums only, so that the ranks of a distributed evaluation can add theirs up (all_reduce) and each gets
+    exactly the scores of one process: confusion matrices (of all pixels, and on the synthetic set of the hidden-cue
+    and of the visible-object pixels), each video's VC_k sums in a row of its own (filled by the one rank that scores
+    the video, so that every rank adds up the same numbers in the same order), and counts of frames and videos.
+    """
+
+    def __init__(self, num_classes, num_videos, background_class=None, device="cpu"):
+        self.metrics = {name: SegMetrics(num_classes, device=device) for name in ("all", "hidden", "visible")}
+        self.background_class = background_class
+        self.vc_sums = torch.zeros(num_videos, 2 * len(VC_WINDOWS), dtype=torch.float64)  # per k: sum of acc_i, windows
+        self.counts = {"frames": 0, "labelled": 0, "cued": 0, "videos": 0}  # cued: frames with cue_hidden
+        self.vcs = {k: VideoConsistency(k) for k in VC_WINDOWS}  # of the video being scored
+
+    def update(self, pred, label=None, cue_hidden=None):
+        """pred, label (H, W) int tensors and cue_hidden (H, W) bool of the video's next frame (None where absent)."""
+        self.counts["frames"] += 1
+        if label is None:
+            return
+        label = label.to(pred.device, non_blocking=True)  # no wait from pinned memory (evaluate pins on CUDA)
+        self.counts["labelled"] += 1
+        self.metrics["all"].update(pred, label)
+        for vc in self.vcs.values():
+            vc.update(pred, label)
+        if cue_hidden is not None:
+            self.counts["cued"] += 1
+            hidden = cue_hidden.to(pred.device, non_blocking=True)
+            objects = (label != self.background_class) & (label != data.IGNORE_INDEX)
+            for name, where in (("hidden", hidden), ("visible", objects & ~hidden)):
+                self.metrics[name].update(pred, torch.where(where, label, data.IGNORE_INDEX))
+
+    def end_video(self, v):
+        """The frames since the last end_video were video v (its index in the data set): store its VC_k sums."""
+        for i, k in enumerate(VC_WINDOWS):
+            self.vc_sums[v, 2 * i:2 * i + 2] = torch.tensor(self.vcs[k].result(), dtype=torch.float64)
+        self.vcs = {k: VideoConsistency(k) for k in VC_WINDOWS}
+        self.counts["videos"] += 1
+
+    def all_reduce(self):
+        """Add up the sums of every rank (torch.distributed): then each rank holds those of all the videos. Exact:
+        integers, and video rows that only one rank fills."""
+        device = self.metrics["all"].counts.device  # NCCL reduces CUDA tensors only
+        counts = torch.tensor(list(self.counts.values()), device=device)
+        vc_sums = self.vc_sums.to(device)
+        for sums in [metrics.counts for metrics in self.metrics.values()] + [counts, vc_sums]:
+            dist.all_reduce(sums)
+        self.counts = dict(zip(self.counts, counts.tolist()))
+        self.vc_sums = vc_sums.cpu()
+
+    def results(self, class_names):
+        """{"num_videos", "num_frames"} and, with labels: "miou", "pixel_acc", "mvc8", "mvc16" (fractions, NaN where
+        undefined) and "iou" {class name: IoU}; with cue_hidden (the synthetic set) also "hidden_miou", "hidden_acc"
+        (pixels of objects whose class cue is hidden in that frame) and "visible_miou", "visible_acc" (the other
+        object pixels)."""
+        results = {"num_videos": self.counts["videos"], "num_frames": self.counts["frames"]}
+        if self.counts["labelled"]:
+            scores = self.metrics["all"].compute()
+            results.update(miou=scores["miou"], pixel_acc=scores["pixel_acc"])
+            sums = self.vc_sums.sum(0).tolist()  # mVC_k: sum over all windows / number of windows (official nanmean)
+            for i, k in enumerate(VC_WINDOWS):
+                results[f"mvc{k}"] = sums[2 * i] / sums[2 * i + 1] if sums[2 * i + 1] else math.nan
+            results["iou"] = dict(zip(class_names, scores["iou"]))
+        if self.counts["cued"]:
+            for name in ("hidden", "visible"):
+                scores = self.metrics[name].compute()
+                results[f"{name}_miou"], results[f"{name}_acc"] = scores["miou"], scores["pixel_acc"]
+        return results
+
+
 # -----------------------------------------------------------------------------
 # pictures and saved predictions
 
@@ -117,7 +289,7 @@ VIS_FRAMES = 6  # rows of a video's picture: frames spread evenly over the video
 VIS_WIDTH = 480  # wider frames are scaled down in pictures
 
 
-def _palette():
+def _voc_palette():
     """(256, 3) uint8: the PASCAL VOC colour map (bits of the id spread over R, G, B), 256 distinct colours."""
     ids = np.arange(256)
     palette = np.zeros((256, 3), np.uint8)
@@ -127,12 +299,23 @@ def _palette():
     return palette
 
 
-PALETTE = _palette()
+VOC_PALETTE = _voc_palette()
 
 
-def colorize(labels):
-    """Class map (H, W) -> uint8 RGB (H, W, 3): class c gets PALETTE[c + 1] (VSPW's raw id), ignore is black."""
-    return PALETTE[(np.asarray(labels, dtype=np.int64) + 1) % 256]  # IGNORE_INDEX 255 -> 0
+def class_colours(dataset):
+    """(256, 3) uint8, the colour of each class id: the data set's own palette where it has one (synthetic: the
+    objects' colours; Cityscapes: the official one), else the PASCAL VOC colour map by VSPW's raw id (class + 1);
+    ignore is black."""
+    colours = VOC_PALETTE[(np.arange(256) + 1) % 256]
+    if dataset.palette is not None:
+        colours[:len(dataset.palette)] = dataset.palette
+    colours[data.IGNORE_INDEX] = 0
+    return colours
+
+
+def colorize(labels, colours):
+    """Class map (H, W) -> uint8 RGB (H, W, 3) in colours (class_colours)."""
+    return colours[np.asarray(labels, dtype=np.int64)]
 
 
 def to_rgb(pixel_values):
@@ -142,23 +325,25 @@ def to_rgb(pixel_values):
     return rgb.permute(1, 2, 0).numpy()
 
 
-def draw_video(rows, class_names):
+def draw_video(rows, class_names, colours):
     """A picture like the paper's Figures 2-3: one row per frame, columns image, ground truth (if any), prediction.
 
-    rows: [(pixel_values (3, H, W), labels (H, W) or None, prediction (H, W))] (CPU). Column titles above, a
-    legend of the classes present below; frames wider than VIS_WIDTH are scaled down. Returns a PIL RGB image.
+    rows: [(frame index, pixel_values (3, H, W), labels (H, W) or None, prediction (H, W))] (CPU); colours: see
+    class_colours. Frame indices on the left, column titles above, a legend of the classes present below; frames
+    wider than VIS_WIDTH are scaled down. Returns a PIL RGB image.
     """
-    H, W = rows[0][0].shape[-2:]
+    H, W = rows[0][1].shape[-2:]
     scale = min(1.0, VIS_WIDTH / W)
     h, w = round(H * scale), round(W * scale)
-    titles = ["image"] + (["ground truth"] if rows[0][1] is not None else []) + ["prediction"]
+    titles = ["image"] + (["ground truth"] if rows[0][2] is not None else []) + ["prediction"]
     cells = [[Image.fromarray(to_rgb(x)).resize((w, h), Image.BILINEAR)]
-             + [Image.fromarray(colorize(m)).resize((w, h), Image.NEAREST) for m in (y, p) if m is not None]
-             for x, y, p in rows]
-    present = sorted({int(c) for _, y, p in rows for m in (y, p) if m is not None for c in m.unique()}
+             + [Image.fromarray(colorize(m, colours)).resize((w, h), Image.NEAREST) for m in (y, p) if m is not None]
+             for _, x, y, p in rows]
+    present = sorted({int(c) for _, _, y, p in rows for m in (y, p) if m is not None for c in m.unique()}
                      - {data.IGNORE_INDEX})
     font, line, swatch, gap = ImageFont.load_default(), 16, 12, 2  # gap: white between cells
-    width = len(titles) * (w + gap) - gap
+    left = 8 + max(font.getbbox(text)[2] for text in ["frame"] + [str(t) for t, *_ in rows])  # the frame numbers
+    width = left + len(titles) * (w + gap) - gap
     entries, x, y = [], 4, 0  # the legend: swatch and "id name", wrapped at the picture's width
     for c in present:
         text = f"{c} {class_names[c]}"
@@ -170,23 +355,37 @@ def draw_video(rows, class_names):
     top, bottom = line, line + len(rows) * (h + gap)  # the grid's rows
     picture = Image.new("RGB", (width, bottom + (y + line + 4 if present else 0)), "white")
     draw = ImageDraw.Draw(picture)
-    for col, title in enumerate(titles):
-        draw.text((col * (w + gap) + 2, 2), title, fill="black", font=font)
+    for col, title in enumerate(["frame"] + titles):
+        draw.text((2 if col == 0 else left + (col - 1) * (w + gap) + 2, 2), title, fill="black", font=font)
     for r, row in enumerate(cells):
+        draw.text((2, top + r * (h + gap) + 2), str(rows[r][0]), fill="black", font=font)
         for col, cell in enumerate(row):
-            picture.paste(cell, (col * (w + gap), top + r * (h + gap)))
+            picture.paste(cell, (left + col * (w + gap), top + r * (h + gap)))
     for c, text, x, y in entries:
-        colour = tuple(PALETTE[c + 1].tolist())
-        draw.rectangle([x, bottom + y + 2, x + swatch - 1, bottom + y + swatch + 1], fill=colour)
+        draw.rectangle([x, bottom + y + 2, x + swatch - 1, bottom + y + swatch + 1], fill=tuple(colours[c].tolist()))
         draw.text((x + swatch + 4, bottom + y), text, fill="black", font=font)
     return picture
 
 
-def save_prediction(pred, path, dataset):
-    """One class map (H, W) -> a palette PNG of the dataset's raw ids (VSPW: class + 1) at path."""
+def save_picture(rows, class_names, colours, path):
+    """draw_video's picture as a PNG at path."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.fromarray(dataset.to_raw(pred.cpu()))
-    image.putpalette(PALETTE.tobytes())
+    draw_video(rows, class_names, colours).save(path)
+
+
+def raw_palette(dataset, colours, num_classes):
+    """(256, 3) uint8: colours (class_colours) by the data set's raw label ids, for palette PNGs of to_raw maps."""
+    palette = np.zeros((256, 3), np.uint8)
+    classes = np.arange(num_classes)
+    palette[dataset.raw_lut[classes]] = colours[classes]
+    return palette
+
+
+def save_prediction(raw, path, palette):
+    """One class map in the data set's raw ids, uint8 (H, W) (dataset.to_raw), as a palette PNG at path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(raw)
+    image.putpalette(palette.tobytes())
     image.save(path)
 
 
@@ -194,79 +393,84 @@ def save_prediction(pred, path, dataset):
 # evaluation of a data set
 
 
-def _read_frames(dataset, v, read):
-    """Yield video v's pixel_values, keeping each frame's dict in the queue `read` until its prediction comes."""
-    for t in range(len(dataset.videos[v][1])):
-        read.append(dataset.frame(v, t))
-        yield read[-1]["pixel_values"]
+def read_ahead(dataset, videos, pool, ahead, pin=False):
+    """Every frame of the videos, in order, as dataset.frame's dicts, each read by pool (a thread) `ahead` frames
+    before it is taken, so that reading overlaps the model. pin: labels and cue_hidden in pinned memory, from which
+    they go to the GPU without a wait."""
+    def read(v, t):
+        frame = dataset.frame(v, t)
+        return {k: x.pin_memory() if pin and k in ("labels", "cue_hidden") else x for k, x in frame.items()}
+
+    todo = ((v, t) for v in videos for t in range(len(dataset.videos[v][1])))
+    pending = collections.deque(pool.submit(read, v, t) for v, t in itertools.islice(todo, ahead))
+    while pending:
+        frame = pending.popleft().result()  # a reading error (DataError) is raised here, in the caller's thread
+        pending.extend(pool.submit(read, v, t) for v, t in itertools.islice(todo, 1))
+        yield frame
+
+
+def _pixel_values(frames, n, read):
+    """The pixel_values of the next n frames, each frame's dict kept in the queue `read` until its prediction comes."""
+    for frame in itertools.islice(frames, n):
+        read.append(frame)
+        yield frame["pixel_values"]
 
 
 @torch.no_grad()
 def evaluate(model, dataset, device=None, clip_len=None, amp=False, progress=True, save_predictions=None,
              visualize=None, num_vis=4, chunk=8, max_videos=None):
-    """Run `model` on every video of `dataset` (one built with clip_len=None; max_videos: the first ones only).
+    """Run `model` on every video of `dataset` (one built with clip_len=None; max_videos: the first ones only) and
+    score it: returns Scores.results.
 
     Whole videos run as one clip each (memory bounded by a few chunks of frames, see qshift.stream_logits), or as
-    independent clips of clip_len frames. device: where the model and metrics run (default: the model's device).
-    save_predictions: a folder for DIR/<video>/<frame>.png in raw ids; visualize: a folder for <video>.png
-    pictures of the first num_vis videos. The model's train/eval mode is restored afterwards.
+    independent clips of clip_len frames. device: where the model and metrics run (default: the model's device); amp: bf16
+    autocast. save_predictions: a folder for DIR/<video>/<frame>.png in raw ids; visualize: a folder for
+    <video>.png pictures of the first num_vis videos. Frames are read and PNGs written by two threads while the
+    model runs. The model's train/eval mode is restored afterwards.
 
-    Returns {"num_videos", "num_frames"} and, with labels: "miou", "pixel_acc", "mvc8", "mvc16" (fractions, NaN
-    where undefined) and "iou" {class name: IoU}; on the synthetic set also "hidden_miou", "hidden_acc"
-    (pixels of objects whose class cue is hidden in that frame) and "visible_miou", "visible_acc" (the other
-    object pixels).
+    Distributed (torch.distributed initialised, e.g. train.py under torchrun), every rank must call it: each scores
+    the videos rank, rank + world, ..., saves and draws those only, and returns the scores of all the videos.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.to(device).eval()
-    C, ignore = dataset.num_classes, data.IGNORE_INDEX
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    videos = range(len(dataset.videos))[:max_videos]
+    mine = videos[rank::world]
     class_names = dataset.class_names or list(model.model.config.id2label.values())  # own frames without labels
-    overall, subsets = SegMetrics(C), {}
-    vc_totals = {k: [0.0, 0] for k in (8, 16)}  # sum of acc_i, number of windows
-    videos = dataset.videos[:max_videos]
-    num_frames = sum(len(frames) for _, frames in videos)
-    bar = tqdm(total=num_frames, unit="frame", disable=not progress)
-    for v, (video, frames) in enumerate(videos):
-        vcs = {k: VideoConsistency(k) for k in vc_totals}
-        drawn = visualize and v < num_vis
-        shown = set(np.linspace(0, len(frames) - 1, VIS_FRAMES).round().astype(int).tolist()) if drawn else set()
-        rows, read = [], collections.deque()  # read: frames whose predictions are still to come (chunk + 1 at most)
-        for t, pred in enumerate(qshift.predict_video(model, _read_frames(dataset, v, read), chunk, amp, clip_len)):
-            frame = read.popleft()
-            label = frame["labels"].to(device) if "labels" in frame else None
-            if label is not None:
-                overall.update(pred, label)
-                for vc in vcs.values():
-                    vc.update(pred, label)
-            if "cue_hidden" in frame and label is not None:
-                hidden = frame["cue_hidden"].to(device)
-                objects = (label != dataset.background_class) & (label != ignore)
-                for name, where in (("hidden", hidden), ("visible", objects & ~hidden)):
-                    subsets.setdefault(name, SegMetrics(C)).update(pred, torch.where(where, label, ignore))
-            if save_predictions:
-                save_prediction(pred, Path(save_predictions) / video / f"{Path(frame['name']).stem}.png", dataset)
-            if t in shown:
-                rows.append((frame["pixel_values"], None if label is None else label.cpu(), pred.cpu()))
-            bar.update()
-        for k, vc in vcs.items():
-            s, n = vc.result()
-            vc_totals[k][0] += s
-            vc_totals[k][1] += n
-        if rows:
-            Path(visualize).mkdir(parents=True, exist_ok=True)
-            draw_video(rows, class_names).save(Path(visualize) / f"{video}.png")
+    colours = class_colours(dataset)
+    palette = raw_palette(dataset, colours, len(class_names))
+    scores = Scores(dataset.num_classes, len(videos), dataset.background_class, device)
+    bar = tqdm(total=sum(len(dataset.videos[v][1]) for v in mine), unit="frame", disable=not progress or rank > 0)
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        frames, writes = read_ahead(dataset, mine, reader, chunk + 2, pin=device.type == "cuda"), []
+        for v in mine:
+            video, names = dataset.videos[v]
+            drawn = visualize and v < num_vis
+            shown = set(np.linspace(0, len(names) - 1, VIS_FRAMES).round().astype(int).tolist()) if drawn else set()
+            rows, read = [], collections.deque()  # read: frames whose predictions are still to come
+            for t, pred in enumerate(qshift.predict_video(model, _pixel_values(frames, len(names), read), chunk, amp,
+                                                   clip_len)):
+                frame = read.popleft()
+                scores.update(pred, frame.get("labels"), frame.get("cue_hidden"))
+                if save_predictions:
+                    path = Path(save_predictions) / video / f"{Path(frame['name']).stem}.png"
+                    writes.append(writer.submit(save_prediction, dataset.to_raw(pred.cpu()), path, palette))
+                if t in shown:
+                    rows.append((t, frame["pixel_values"], frame.get("labels"), pred.cpu()))
+                bar.update()
+            scores.end_video(v)
+            if rows:
+                path = Path(visualize) / f"{video}.png"
+                writes.append(writer.submit(save_picture, rows, class_names, colours, path))
+        for write in writes:
+            write.result()  # a failed write raises here
     bar.close()
     model.train(was_training)
-    results = {"num_videos": len(videos), "num_frames": num_frames}
-    if overall.confusion is not None:
-        scores = overall.compute()
-        results.update(miou=scores["miou"], pixel_acc=scores["pixel_acc"])
-        results.update({f"mvc{k}": s / n if n else math.nan for k, (s, n) in vc_totals.items()})
-        results["iou"] = dict(zip(dataset.class_names, scores["iou"]))
-    for name, metrics in subsets.items():
-        scores = metrics.compute()
-        results[f"{name}_miou"], results[f"{name}_acc"] = scores["miou"], scores["pixel_acc"]
-    return results
+    if distributed:
+        scores.all_reduce()
+    return scores.results(dataset.class_names)
 
 
 # -----------------------------------------------------------------------------
@@ -290,12 +494,9 @@ def run_markdown(run):
     lines = [f"# {run['checkpoint']} on {run['data']} {run['split']}", "", _setting(run), ""]
     if "miou" not in r:
         return "\n".join(lines + [f"{r['num_frames']} frames of {r['num_videos']} videos predicted; no labels.", ""])
-    keys = [("mIoU", "miou"), ("pix. acc.", "pixel_acc"), ("mVC8", "mvc8"), ("mVC16", "mvc16"),
-            ("hidden-cue mIoU", "hidden_miou"), ("hidden-cue acc.", "hidden_acc"),
-            ("visible-object mIoU", "visible_miou"), ("visible-object acc.", "visible_acc")]
-    keys = [(title, key) for title, key in keys if key in r]
-    lines += ["| " + " | ".join(t for t, _ in keys) + " |", "|" + "---:|" * len(keys),
-              "| " + " | ".join(_pct(r[k]) for _, k in keys) + " |", "",
+    keys = [key for key in TITLES if key in r]
+    lines += ["| " + " | ".join(TITLES[k] for k in keys) + " |", "|" + "---:|" * len(keys),
+              "| " + " | ".join(_pct(r[k]) for k in keys) + " |", "",
               f"{r['num_frames']} frames of {r['num_videos']} videos; percent; mVC_k counts videos of over k frames.",
               "", "## IoU per class (– : absent from the ground truth)", "", "| class | IoU |", "|---|---:|"]
     lines += [f"| {name} | {_pct(iou)} |" for name, iou in r["iou"].items()]
@@ -313,71 +514,7 @@ def _mean_std(values):
     return f"{_pct(mean)} ± {100 * float(np.std(values, ddof=1)):.2f}", mean
 
 
-def results_table(runs):
-    """The paper's Tables 1-2 from evaluations (eval json dicts), as Markdown.
-
-    Runs of one configuration (shift_div, match, causal) are one row, mean ± std over them (e.g. seeds); the
-    difference is to the mean of the frame-by-frame runs (shift_div 0) among those given.
-    """
-    groups = collections.defaultdict(list)
-    for run in runs:
-        key = (run["shift_div"], run["match"], run["causal"], tuple(run.get("shift_at", ["queries"])),
-               run.get("match_by", "queries")) if run["shift_div"] else (0, False, False, (), "")
-        groups[key].append(run)
-    causal = any(key[2] for key in groups)
-    synthetic = any("hidden_miou" in run["results"] for run in runs)
-    # the baseline, the paper's placement (1/128 .. 1/2), then the other placements and matchings
-    order = sorted(groups, key=lambda key: (key[0] != 0, key[3] != ("queries",), len(key[3]), key[3], key[4],
-                                            -key[0], key[2], key[1]))
-    baseline = {m: _mean_std([run["results"].get(m) for run in groups[(0, False, False, (), "")]])[1]
-                for m in ("miou", "pixel_acc")} if (0, False, False, (), "") in groups else None
-    header = ["shift fraction", "channels", "matching"] + (["causal"] if causal else []) + \
-        ["mIoU", "pix. acc.", "Δ mIoU", "Δ pix. acc.", "mVC8"] + \
-        (["hidden-cue mIoU", "hidden-cue acc."] if synthetic else []) + ["runs"]
-    text_columns = 3 + causal  # left-aligned; the numbers are right-aligned
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * text_columns + "---:|" * (len(header) - text_columns)]
-    for key in order:
-        group = groups[key]
-        cells = [f"1/{key[0]}" if key[0] else "0", str(group[0]["channels"]), "✓" if key[1] else ""]
-        cells += ["✓" if key[2] else ""] if causal else []
-        means = {}
-        for metric in ("miou", "pixel_acc"):
-            text, means[metric] = _mean_std([run["results"].get(metric) for run in group])
-            cells.append(text)
-        for metric in ("miou", "pixel_acc"):
-            diff = means[metric] - baseline[metric] if baseline and key[0] else math.nan
-            cells.append("" if key[0] == 0 else "–" if math.isnan(diff) else f"{100 * diff:+.2f}")
-        metrics = ["mvc8"] + (["hidden_miou", "hidden_acc"] if synthetic else [])
-        cells += [_mean_std([run["results"].get(m) for run in group])[0] for m in metrics]
-        lines.append("| " + " | ".join(cells + [str(len(group))]) + " |")
-    first = runs[0]
-    caption = (f"{first['data']} {first['split']}, " + ("whole videos" if not first["clip_len"] else
-               f"clips of {first['clip_len']} frames") + "; percent, mean ± std over runs; Δ: difference from the "
-               "frame-by-frame baseline (shift fraction 0)")
-    return "\n".join([caption, ""] + lines) + "\n"
-
-
-# -----------------------------------------------------------------------------
-# command line
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _json_safe(x):
-    """NaN -> None (null), recursively: strict JSON."""
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    return None if isinstance(x, float) and math.isnan(x) else x
-
-
-def _first_line(e):
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-
-
+RUN_KEYS = ("checkpoint", "data", "split", "clip_len", "shift_div", "match", "causal", "channels", "results")
 def shifted_channels(model):
     """How many channels each placement shifts, e.g. "64" (queries alone, as in the paper's tables), "pixels 8",
     "backbone 4/8/16/32"; "0" for the frame-by-frame model."""
@@ -387,36 +524,165 @@ def shifted_channels(model):
     return counts["queries"] if list(counts) == ["queries"] else ", ".join(f"{p} {n}" for p, n in counts.items())
 
 
-RUN_KEYS = ("checkpoint", "data", "split", "clip_len", "shift_div", "match", "causal", "channels", "results")
+EVALUATION_KEYS = {"checkpoint", "data", "root", "split", "clip_len", "max_videos", "channels", "results", "train"}
+# keys of an eval json (and "train", which --table adds) that describe the evaluation; the others are the model's
+# settings (QShiftMaskFormer.settings: shift_div, match, causal, ...)
+NOT_SETTINGS = {"seed", "out", "root", "device", "workers", "log_every", "shift", "match", "causal", "shift_at",
+                "match_by"}
+# keys of a run's config.json that do not set what is trained: the seed (runs that differ only in it share a row),
+# where the run and its data were, how it ran, and the shift's settings (the checkpoint's own stand for them)
 
 
-def _eval_name(split, clip_len, max_videos=None):
-    """File name (no suffix) of an evaluation in its run folder; a quick look at the first videos never replaces
-    a whole evaluation."""
-    return f"eval-{split}" + (f"-clip{clip_len}" if clip_len else "") + (f"-first{max_videos}" if max_videos else "")
-
-
-def _load_run(run_dir, split, clip_len):
-    path = Path(run_dir) / f"{_eval_name(split, clip_len)}.json"
+def train_settings(run_dir):
+    """The settings the run in run_dir was trained with: its config.json less NOT_SETTINGS, {} without one. A model
+    that is another run's checkpoint stands for that run's settings, so that fine-tunes of per-seed models compare."""
+    path = Path(run_dir) / "config.json"
     if not path.is_file():
-        fail(f"--table {run_dir}: no {path.name} (run evaluate.py --checkpoint {run_dir}/best first)")
+        return {}
     try:
-        run = json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        fail(f"--table {run_dir}: cannot read {path} ({_first_line(e)})")
-    if not isinstance(run, dict) or any(key not in run for key in RUN_KEYS):
-        fail(f"--table {run_dir}: {path} is not an evaluation written by evaluate.py (keys: {', '.join(RUN_KEYS)})")
-    return run
+        fail(f"--table {run_dir}: cannot read {path} ({first_line(e)})")
+    if not isinstance(config, dict):
+        fail(f"--table {run_dir}: {path} is not a run's config written by train.py")
+    settings = {k: v for k, v in config.items() if k not in NOT_SETTINGS}
+    model = Path(str(settings.get("model")))
+    if model.is_dir() and (model.parent / "config.json").is_file() and model.parent.resolve() != path.parent.resolve():
+        settings["model"] = train_settings(model.parent)
+    return settings
+
+
+def _flat(settings, prefix=""):
+    """Nested settings on one level: {"model": {"lr": 0.1}} -> {"model.lr": 0.1}."""
+    flat = {}
+    for key, value in settings.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return flat
+
+
+def _settings(run):
+    """(training settings, model settings) of an evaluation, each a flat dict. Without a shift, the model's other
+    settings (matching, causal, ...) change nothing: they are left out."""
+    model = {k: v for k, v in run.items() if k not in EVALUATION_KEYS}
+    train = {k: v for k, v in _flat(run.get("train", {})).items() if k not in model}
+    return train, (model if model["shift_div"] else {"shift_div": 0})
+
+
+def _cell(value):
+    """A setting's value in a table cell."""
+    if isinstance(value, bool):
+        return "✓" if value else ""
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return "–" if value is None else str(value)
+
+
+def results_table(runs):
+    """The paper's Tables 1-2 from evaluations (eval json dicts, with "train": train_settings where known), Markdown.
+
+    Runs whose settings differ in nothing but the seed share a row, mean ± std over them; every setting besides the
+    shift fraction, matching and causal that differs between rows gets a column. Δ is the difference to the mean of
+    the frame-by-frame row (shift_div 0) whose other settings are the row's.
+    """
+    groups, settings, baselines = collections.defaultdict(list), {}, {}
+    for run in runs:
+        train, model = _settings(run)
+        key = json.dumps([train, model], sort_keys=True)
+        groups[key].append(run)
+        settings[key] = {**train, **model}
+        baselines[key] = json.dumps([train, {"shift_div": 0}], sort_keys=True)  # the same training, no shift
+    names = sorted({name for s in settings.values() for name in s} - {"shift_div", "match", "causal"})
+    varying = [name for name in names if len({json.dumps(s.get(name)) for s in settings.values()}) > 1]
+    causal = any(s.get("causal") for s in settings.values())
+    synthetic = any("hidden_miou" in run["results"] for run in runs)
+
+    def mean(key, metric):
+        return _mean_std([run["results"].get(metric) for run in groups[key]])[1] if key in groups else math.nan
+
+    def order(key):  # baseline, the paper's placement, other placements; 1/128 .. 1/2; causal and matching last
+        s = settings[key]
+        values = [(0, s[name]) if isinstance(s.get(name), (int, float)) else (1, json.dumps(s.get(name)))
+                  for name in varying]  # numbers by value, before the rest
+        where = s.get("shift_at", ["queries"])
+        return (s["shift_div"] != 0, where != ["queries"], len(where), where, s.get("match_by", "queries"),
+                -s["shift_div"], bool(s.get("causal")), bool(s.get("match")), values)
+
+    metrics = ["mvc8"] + (["hidden_miou", "hidden_acc"] if synthetic else [])
+    header = ["shift fraction", "channels", "matching"] + (["causal"] if causal else []) + varying + \
+        [TITLES["miou"], TITLES["pixel_acc"], f"Δ {TITLES['miou']}", f"Δ {TITLES['pixel_acc']}"] + \
+        [TITLES[m] for m in metrics] + ["runs"]
+    text_columns = 3 + causal + len(varying)  # left-aligned; the numbers are right-aligned
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * text_columns + "---:|" * (len(header) - text_columns)]
+    for key in sorted(groups, key=order):
+        group, s = groups[key], settings[key]
+        cells = [f"1/{s['shift_div']}" if s["shift_div"] else "0", str(group[0]["channels"]),
+                 _cell(bool(s.get("match")))] + ([_cell(bool(s.get("causal")))] if causal else [])
+        cells += [_cell(s.get(name)) for name in varying]
+        cells += [_mean_std([run["results"].get(m) for run in group])[0] for m in ("miou", "pixel_acc")]
+        for metric in ("miou", "pixel_acc"):
+            diff = mean(key, metric) - mean(baselines[key], metric)
+            cells.append("" if s["shift_div"] == 0 else "–" if math.isnan(diff) else f"{100 * diff:+.2f}")
+        cells += [_mean_std([run["results"].get(m) for run in group])[0] for m in metrics]
+        lines.append("| " + " | ".join(cells + [str(len(group))]) + " |")
+    first = runs[0]
+    caption = (f"{first['data']} {first['split']}, " + ("whole videos" if not first["clip_len"] else
+               f"clips of {first['clip_len']} frames") + "; percent, mean ± std over runs; Δ: difference from the "
+               "frame-by-frame baseline (shift fraction 0)")
+    return "\n".join([caption, ""] + lines) + "\n"
+
+
+def find_evaluations(run_dirs, data_set=None, root=None, split=None, clip_len=None):
+    """Each run's evaluation (its eval json's dict, plus "train": train_settings) of all the videos (no --max-videos)
+    with clip_len, of the one data set and split (as `scored` names them) that every run has an evaluation of, among
+    those of data_set, root and split where given."""
+    found = {}  # run -> {scored: [(path, evaluation)]}
+    for run_dir in run_dirs:
+        found[run_dir] = collections.defaultdict(list)
+        for path in sorted(Path(run_dir).glob("eval-*.json")):
+            try:
+                run = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                fail(f"--table {run_dir}: cannot read {path} ({first_line(e)})")
+            if not isinstance(run, dict) or any(key not in run for key in RUN_KEYS):
+                fail(f"--table {run_dir}: {path} is not an evaluation written by evaluate.py "
+                     f"(keys: {', '.join(RUN_KEYS)})")
+            wanted = (data_set in (None, run["data"]) and split in (None, run["split"]) and
+                      (root is None or run.get("root") is not None and Path(root).resolve() == Path(run["root"])))
+            if run.get("max_videos") is None and run["clip_len"] == clip_len and wanted:
+                found[run_dir][scored(run["data"], run.get("root"), run["split"])].append((path, run))
+        if not found[run_dir]:
+            what = " ".join(str(x) for x in (data_set, root, split, clip_len and f"clips of {clip_len}") if x)
+            fail(f"--table {run_dir}: no evaluation {what + ' ' if what else ''}of all the videos there "
+                 f"(run evaluate.py --checkpoint {run_dir}/best first)")
+    common = set.intersection(*(set(evaluations) for evaluations in found.values()))
+    if len(common) != 1:
+        options = sorted({name for evaluations in found.values() for name in evaluations})
+        problem = "several data sets or splits" if common else "no data set and split evaluated in every run"
+        fail(f"--table: {problem} ({', '.join(options)}): choose one with --data, --root and --split")
+    [name] = common
+    runs = []
+    for run_dir, evaluations in found.items():
+        (path, run), *more = evaluations[name]
+        if more:
+            fail(f"--table {run_dir}: {1 + len(more)} evaluations of {name} "
+                 f"({', '.join(path.name for path, _ in evaluations[name])}): keep one")
+        runs.append({**run, "train": train_settings(run_dir)})
+    return runs
+
+
+# -----------------------------------------------------------------------------
+# command line
+
+
+def _json_safe(x):
+    """NaN -> None (null), recursively: strict JSON."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    return None if isinstance(x, float) and math.isnan(x) else x
 
 
 def table_main(args):
-    if args.out and not Path(args.out).parent.is_dir():
-        fail(f"--out {args.out}: no such folder {Path(args.out).parent}")
-    runs = [_load_run(run_dir, args.split, args.clip_len) for run_dir in args.table]
-    evaluated_on = {f"{run['data']} ({run.get('max_videos') or 'all'} videos)" for run in runs}
-    if len(evaluated_on) > 1:
-        fail(f"--table: the runs were evaluated on different data: {', '.join(sorted(evaluated_on))}")
-    table = results_table(runs)
+    table = results_table(find_evaluations(args.table, args.data, args.root, args.split, args.clip_len))
     print(table, end="")
     if args.out:
         Path(args.out).write_text(table)
@@ -425,21 +691,11 @@ def table_main(args):
 def evaluate_main(args):
     transformers.logging.set_verbosity_error()  # its loading messages and bars would make an error more than one line
     transformers.logging.disable_progress_bar()
-    if args.data is None:
-        fail("--checkpoint needs --data")
-    for flag, value, low in (("--clip-len", args.clip_len, 1), ("--num-vis", args.num_vis, 0),
-                             ("--chunk", args.chunk, 1), ("--max-videos", args.max_videos, 1)):
-        if value is not None and value < low:
-            fail(f"{flag} {value}: must be at least {low}")
     checkpoint = Path(args.checkpoint)
-    if not checkpoint.is_dir():
-        fail(f"--checkpoint {checkpoint}: no such folder")
-    if not (checkpoint / "qshift.json").is_file():
-        fail(f"--checkpoint {checkpoint}: not a qshift checkpoint (no qshift.json; train.py writes RUN/best)")
     try:
         model = qshift.QShiftMaskFormer.from_pretrained(checkpoint)
     except Exception as e:  # a broken checkpoint fails in many ways: json, safetensors, config, shapes
-        fail(f"--checkpoint {checkpoint}: cannot load ({_first_line(e)})")
+        fail(f"--checkpoint {checkpoint}: cannot load ({first_line(e)})")
     try:
         dataset = data.build_dataset(args.data, root=args.root, split=args.split, clip_len=None, train=False)
     except data.DataError as e:
@@ -447,51 +703,36 @@ def evaluate_main(args):
     num_labels = model.model.config.num_labels
     if dataset.class_names and dataset.num_classes != num_labels:  # own clips without labels may have no classes
         fail(f"--data {args.data}: {dataset.num_classes} classes, but the checkpoint {checkpoint} has {num_labels}")
-    try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError as e:
-        fail(f"--device {args.device}: {_first_line(e)}")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         fail(f"--device {args.device}: no CUDA device here")
+    if device.type == "cuda":  # as in training
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
         results = evaluate(model, dataset, device, args.clip_len, args.amp, save_predictions=args.save_predictions,
                            visualize=args.visualize, num_vis=args.num_vis, chunk=args.chunk, max_videos=args.max_videos)
     except data.DataError as e:  # a bad frame file is found only when it is read
         fail(str(e))
-    run = {"checkpoint": str(checkpoint), "data": args.data, "root": args.root, "split": args.split,
+    root = str(Path(args.root).resolve()) if args.root else None  # which folder, wherever the table is made
+    run = {"checkpoint": str(checkpoint), "data": args.data, "root": root, "split": args.split,
            "clip_len": args.clip_len, "max_videos": args.max_videos, **model.settings(),
            "channels": shifted_channels(model),
            "results": results}
-    name = _eval_name(args.split, args.clip_len, args.max_videos)
+    name = eval_name(args.data, args.split, args.clip_len, args.max_videos, root)
     report = run_markdown(run)
     (checkpoint.parent / f"{name}.json").write_text(json.dumps(_json_safe(run), indent=2) + "\n")
     (checkpoint.parent / f"{name}.md").write_text(report)
     print(report, end="")
     print(f"wrote {checkpoint.parent / name}.json and .md")
+    if args.save_predictions:
+        print(f"wrote the predictions of {results['num_frames']} frames to {args.save_predictions}/<video>/")
+    if args.visualize:
+        drawn = min(args.num_vis, results["num_videos"])
+        print(f"drew {drawn} of {results['num_videos']} videos in {args.visualize}/ (--num-vis sets how many)")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.error = fail  # one line, exit status 2, like every other bad input
-    parser.add_argument("--checkpoint", help="a folder written by train.py (RUN/best); results go to RUN/")
-    parser.add_argument("--table", nargs="+", metavar="RUN", help="make the results table of these runs instead")
-    parser.add_argument("--data", choices=["vspw", "cityscapes-vps", "clips", "synthetic"])
-    parser.add_argument("--root", help="the dataset's folder")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--clip-len", type=int, help="independent clips of T frames instead of whole videos "
-                        "(with --table: tabulate those evaluations)")
-    parser.add_argument("--save-predictions", metavar="DIR", help="DIR/<video>/<frame>.png in the raw label ids")
-    parser.add_argument("--visualize", metavar="DIR", help="DIR/<video>.png: image, ground truth, prediction")
-    parser.add_argument("--num-vis", type=int, default=4, help="videos to draw with --visualize")
-    parser.add_argument("--max-videos", type=int, help="evaluate the first N videos only (a quick look)")
-    parser.add_argument("--chunk", type=int, default=8, help="frames the image model runs on at once")
-    parser.add_argument("--amp", action="store_true", help="mixed precision")
-    parser.add_argument("--device", help="default: cuda when present, else cpu")
-    parser.add_argument("--out", help="with --table: also write the table to this file")
-    args = parser.parse_args(argv)
-    if (args.checkpoint is None) == (args.table is None):
-        fail("give either --checkpoint (evaluate a model) or --table (tabulate runs)")
+def main(args):
+    """Run the command line that parse_args read."""
     if args.table:
         table_main(args)
     else:
@@ -499,4 +740,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    main(args)

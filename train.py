@@ -5,13 +5,15 @@ Train MaskFormer with shifted and matched queries on video clips (the paper's Se
     python train.py --data vspw --root data/VSPW_480p --shift 16 --match
     python train.py --data cityscapes-vps --root data/cityscapes-vps --shift 32 --match
     python train.py --data vspw --root data/VSPW_480p --shift 0            # the frame-by-frame baseline
+    python train.py --data clips --root my_videos --model tiny --max-steps 200   # your own videos (see data.py)
 
 Several GPUs (DistributedDataParallel, one process per GPU):
 
     torchrun --standalone --nproc_per_node 4 train.py --data vspw --root data/VSPW_480p --shift 16 --match
 
 A run writes OUT/config.json, OUT/log.jsonl and two checkpoints, OUT/last and OUT/best (by validation mIoU): each is
-a folder readable by evaluate.py and QShiftMaskFormer.from_pretrained, plus train_state.pt for --resume.
+a folder readable by evaluate.py and QShiftSegmenter.from_pretrained, plus train_state.pt for --resume. Own clips
+train on ROOT/train.txt's videos (default: all but those of ROOT/val.txt) and validate on ROOT/val.txt's, if any.
 """
 import argparse
 import json
@@ -23,17 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.distributed as dist
-import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
-
-from data import DataError, build_dataset, collate
-from evaluate import evaluate, fail
-from qshift import QShiftSegmenter, build_model, tiny_config
+from cli import check_at_least, fail, first_line, make_parser
 
 # -----------------------------------------------------------------------------
 # configuration: a flag given on the command line wins, then (with --resume) the run's saved config, then the
@@ -49,56 +41,109 @@ DEFAULTS = dict(root=None, model="facebook/maskformer-swin-tiny-ade",
                 weight_decay=0.05, warmup=100, grad_clip=0.1, max_steps=0, out="out", seed=0, workers=4, amp=False,
                 eval_every=0, val_videos=0, log_every=10, min_frames=32, device=None)
 
-parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
-parser.error = fail  # one line and exit status 2, as for every other bad input
-parser.add_argument("--data", choices=list(PRESETS), help="data set (default: synthetic)")
-parser.add_argument("--root", help="data set folder (not needed for synthetic)")
-parser.add_argument("--shift", type=int, help="shift 1/K of the channels; 0 = frame-by-frame baseline (16)")
-parser.add_argument("--shift-at", help="where to shift: queries (the paper), pixels, backbone, or a comma-separated "
-                    "combination such as queries,pixels (queries)")
-parser.add_argument("--match", action=argparse.BooleanOptionalAction, help="match queries before shifting (on)")
-parser.add_argument("--match-by", choices=["queries", "masks"], help="match by the queries' cosine similarity (Eq. 2) "
-                    "or by their predicted masks' (queries)")
-parser.add_argument("--causal", action=argparse.BooleanOptionalAction, help="online: shift from the past only (off)")
-parser.add_argument("--model", help="HF hub id or local folder of a MaskFormer or Mask2Former, or 'tiny' / "
-                    "'tiny-mask2former' for a small random one")
-parser.add_argument("--clip-len", type=int, help="frames per clip")
-parser.add_argument("--batch-size", type=int, help="clips per step and GPU")
-parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="training crop")
-parser.add_argument("--epochs", type=int)
-parser.add_argument("--max-steps", type=int, help="stop after this many steps (0: run all epochs)")
-parser.add_argument("--lr", type=float)
-parser.add_argument("--weight-decay", type=float)
-parser.add_argument("--warmup", type=int, help="linear warmup steps")
-parser.add_argument("--grad-clip", type=float, help="clip the gradient norm (0: off)")
-parser.add_argument("--min-frames", type=int, help="VSPW: skip videos shorter than this (32, as in the paper)")
-parser.add_argument("--out", help="output folder (out)")
-parser.add_argument("--resume", action="store_true", help="continue the run in --out from OUT/last")
-parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
-parser.add_argument("--stop-at", type=int, help="save and exit after this step, e.g. for time-limited jobs; --resume goes on")
-parser.add_argument("--seed", type=int)
-parser.add_argument("--workers", type=int, help="DataLoader workers")
-parser.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast on CUDA")
-parser.add_argument("--eval-every", type=int, help="validate every N steps (0: only at the end)")
-parser.add_argument("--val-videos", type=int, help="validate on the first N videos only (0: all)")
-parser.add_argument("--log-every", type=int)
-parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
-args = parser.parse_args()
+
+def presets_help():
+    """The per-data-set presets, as --help shows them."""
+    lines = ["presets per data set (flags given win; with --resume the run's saved config comes next):"]
+    for name, preset in PRESETS.items():
+        values = {**DEFAULTS, **preset}
+        values["crop"] = " ".join(map(str, values["crop"])) if values["crop"] else "none (whole frames)"
+        flags = [f"--{key.replace('_', '-')} {values[key]}"
+                 for key in ("model", "clip_len", "batch_size", "crop", "lr", "epochs", "workers")]
+        lines.append(f"  {name:15} {' '.join(flags)}")
+    return "\n".join(lines)
 
 
+def parse_args(argv=None):
+    """train.py's flags, checked; a bad one exits with one line. It needs no torch: see cli.py."""
+    parser = make_parser(__doc__, epilog=presets_help())
+    parser.add_argument("--data", choices=list(PRESETS), help="data set (default: synthetic)")
+    parser.add_argument("--root", help="data set folder (not needed for synthetic)")
+    parser.add_argument("--shift", type=int, help="shift 1/K of the channels; 0 = frame-by-frame baseline (16)")
+    parser.add_argument("--shift-at", help="where to shift: queries (the paper), pixels, backbone, or a "
+                        "comma-separated combination such as queries,pixels (queries)")
+    parser.add_argument("--match", action=argparse.BooleanOptionalAction, help="match queries before shifting (on)")
+    parser.add_argument("--match-by", choices=["queries", "masks"], help="match by the queries' cosine similarity "
+                        "(Eq. 2) or by their predicted masks' (queries)")
+    parser.add_argument("--causal", action=argparse.BooleanOptionalAction,
+                        help="online: shift from the past only (off)")
+    parser.add_argument("--model", help="HF hub id or local folder of a MaskFormer or Mask2Former, or 'tiny' / "
+                        "'tiny-mask2former' for a small random one")
+    parser.add_argument("--clip-len", type=int, help="frames per clip")
+    parser.add_argument("--batch-size", type=int, help="clips per step and GPU")
+    parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="training crop")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--max-steps", type=int, help="stop after this many steps (0: run all epochs)")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--weight-decay", type=float, help="(0.05)")
+    parser.add_argument("--warmup", type=int, help="linear warmup steps (100)")
+    parser.add_argument("--grad-clip", type=float, help="clip the gradient norm (0: off) (0.1)")
+    parser.add_argument("--min-frames", type=int, help="VSPW: skip videos shorter than this (32, as in the paper)")
+    parser.add_argument("--out", help="output folder (out)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from OUT/last")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    parser.add_argument("--stop-at", type=int,
+                        help="save and exit after this step, e.g. for time-limited jobs; --resume goes on")
+    parser.add_argument("--seed", type=int, help="(0)")
+    parser.add_argument("--workers", type=int, help="DataLoader workers, at most the cores there are")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast on CUDA")
+    parser.add_argument("--eval-every", type=int, help="validate every N steps (0: only at the end)")
+    parser.add_argument("--val-videos", type=int, help="validate on the first N videos only (0: all)")
+    parser.add_argument("--log-every", type=int, help="(10)")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    args = parser.parse_args(argv)
+    check_at_least(args, {"--shift": 0, "--clip-len": 1, "--batch-size": 1, "--epochs": 1, "--max-steps": 0,
+                          "--lr": 0, "--weight-decay": 0, "--warmup": 0, "--grad-clip": 0, "--min-frames": 1,
+                          "--stop-at": 1, "--workers": 0, "--eval-every": 0, "--val-videos": 0, "--log-every": 1})
+    if args.crop and min(args.crop) < 1:
+        fail(f"--crop {args.crop[0]} {args.crop[1]}: must be at least 1 1")
+    if args.resume and args.overwrite:
+        fail("--resume and --overwrite: choose one")
+    return args
+
+
+# Flags, the run's config and the data set's folder are read and checked before the imports below (2-4 s, torch and
+# transformers), so that --help and mistakes answer at once; then the loop runs at module level, as nanoGPT's does.
+args = parse_args()
 out = Path(args.out or DEFAULTS["out"])
 saved = {}
 if args.resume:
     try:
         saved = json.loads((out / "config.json").read_text())
+    except FileNotFoundError as e:
+        fail(f"--resume: no run to resume in {out} ({e.filename} is missing)")
+    except (OSError, ValueError) as e:
+        fail(f"--resume: {out / 'config.json'} is corrupt ({first_line(e)})")
+given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "overwrite", "stop_at")}
+data_name = given.get("data") or saved.get("data") or "synthetic"
+config = {**DEFAULTS, **PRESETS[data_name], **saved, **given, "data": data_name}
+if data_name != "synthetic" and config["root"] is None:
+    fail(f"--data {data_name} needs --root, the data set's folder")
+if config["root"] is not None and not os.path.isdir(config["root"]):
+    fail(f"--root {config['root']}: no such folder")
+# more loader processes than cores only wait for each other (and torch warns): take the cores there are
+cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+config["workers"] = min(config["workers"], cores)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.nn as nn  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from data import DataError, build_dataset, collate  # noqa: E402
+from evaluate import evaluate, summary  # noqa: E402
+from qshift import QShiftSegmenter, build_model, tiny_config  # noqa: E402
+
+if args.resume:
+    try:
         state = torch.load(out / "last" / "train_state.pt", map_location="cpu", weights_only=False)
     except FileNotFoundError as e:
         fail(f"--resume: no run to resume in {out} ({e.filename} is missing)")
     except Exception as e:  # a truncated or foreign file
-        fail(f"--resume: checkpoint {out / 'last'} is corrupt ({type(e).__name__}: {str(e).splitlines()[0]})")
-given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "overwrite", "stop_at")}
-data_name = given.get("data") or saved.get("data") or "synthetic"
-config = {**DEFAULTS, **PRESETS[data_name], **saved, **given, "data": data_name}
+        fail(f"--resume: checkpoint {out / 'last'} is corrupt ({first_line(e)})")
 
 # -----------------------------------------------------------------------------
 # distributed setup: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE
@@ -119,13 +164,6 @@ if device.startswith("cuda"):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config["amp"] and device.startswith("cuda"))
 
-replace_old_run = master and not args.resume and out.exists() and any(out.iterdir())
-if replace_old_run:  # checked now, removed only once data and model have loaded: a typo must not cost a run
-    if not (out / "config.json").exists():
-        fail(f"--out {out} holds files that are not a qshift run; choose another folder")
-    if not args.overwrite:
-        fail(f"--out {out} holds another run; pass --resume to continue it or --overwrite to replace it")
-
 # -----------------------------------------------------------------------------
 # data and model
 
@@ -133,14 +171,23 @@ seed = config["seed"]
 torch.manual_seed(seed)  # the same initial weights on every rank
 random.seed(seed)
 np.random.seed(seed)
+root = config["root"]
+# own clips: validation on the videos of ROOT/val.txt, if there is one (training then leaves them out)
+val_split = "val" if data_name != "clips" or os.path.isfile(os.path.join(root, "val.txt")) else None
 try:
     crop = tuple(config["crop"]) if config["crop"] else None
-    train_set = build_dataset(data_name, config["root"], "train", config["clip_len"], train=True, crop=crop,
+    train_set = build_dataset(data_name, root, "train", config["clip_len"], train=True, crop=crop,
                               min_frames=config["min_frames"], seed=seed)
     val_set = None
-    if data_name != "clips":  # your own folder has no validation split
-        val_set = build_dataset(data_name, config["root"], "val", None, train=False,
+    if val_split:
+        val_set = build_dataset(data_name, root, val_split, None, train=False,
                                 min_frames=config["min_frames"])  # seed 0: one synthetic val world for every run
+    for dataset in (train_set, val_set):
+        if dataset is not None and not dataset.labelled:
+            fail(f"--root {root}: the videos have no labels (<video>/labels/); training needs them, evaluate.py "
+                 f"predicts without")
+        if data_name == "clips" and dataset is not None:
+            dataset.check()  # your own files, read once now: a bad one stops the run here, not steps into it
 except DataError as e:
     fail(str(e))
 
@@ -169,7 +216,17 @@ resolved = model.settings()  # what runs, recorded in config.json: e.g. match is
 config.update(shift=resolved["shift_div"], match=resolved["match"], causal=resolved["causal"],
               shift_at=",".join(resolved["shift_at"]), match_by=resolved["match_by"])
 if model.model.config.num_labels != train_set.num_classes:
-    fail(f"--model {config['model']}: {model.model.config.num_labels} classes, the data set has {train_set.num_classes}")
+    fail(f"--model {config['model']}: {model.model.config.num_labels} classes, the data set has "
+         f"{train_set.num_classes}")
+
+# every input is good: only now the output folder, so that its error does not hide theirs
+replace_old_run = master and not args.resume and out.exists() and any(out.iterdir())
+if replace_old_run:  # removed only when the run starts
+    if not (out / "config.json").exists():
+        fail(f"--out {out} holds files that are not a qshift run; choose another folder")
+    if not args.overwrite:
+        fail(f"--out {out} holds another run; pass --resume to continue it or --overwrite to replace it")
+
 model.to(device)
 raw_model = model
 if ddp:
@@ -254,10 +311,13 @@ def write_json_atomically(path, obj):
 
 
 def validate(step):
+    """Every rank scores its share of the validation videos (evaluate shards itself) and gets the scores of all."""
     results = evaluate(raw_model, val_set, device, amp=config["amp"], progress=False,
                        max_videos=config["val_videos"] or None)
-    with open(out / "log.jsonl", "a") as f:
-        f.write(json.dumps({"step": step, "val": {k: v for k, v in results.items() if not isinstance(v, dict)}}) + "\n")
+    if master:
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "val": {k: v for k, v in results.items() if not isinstance(v, dict)}})
+                    + "\n")
     return results
 
 
@@ -278,6 +338,8 @@ if master:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     print(json.dumps({**config, **derived}, indent=2))
+    if val_set is None:
+        print(f"{root}: no val.txt, so no validation; {out}/best is the last checkpoint", file=sys.stderr)
     write_json_atomically(out / "config.json", config)
 
 stop = False
@@ -328,15 +390,12 @@ while step < max_steps and not stop:
                 with open(out / "log.jsonl", "a") as f:
                     f.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr, "frames_per_s": fps}) + "\n")
         evaluate_now = step == max_steps or (config["eval_every"] and step % config["eval_every"] == 0)
+        results = validate(step) if evaluate_now and val_set is not None else None  # on every rank
         if master and (evaluate_now or stop or step % steps_per_epoch == 0):
-            if evaluate_now and val_set is not None:
-                results = validate(step)
+            if results is not None:
                 model.train()
                 miou = results["miou"]
-                parts = [f"{name} {100 * results[key]:.2f}" for name, key in (
-                    ("mIoU", "miou"), ("pixel acc", "pixel_acc"), ("mVC8", "mvc8"),
-                    ("hidden-cue mIoU", "hidden_miou"), ("visible-object mIoU", "visible_miou")) if key in results]
-                pbar.write(f"step {step}: validation " + ", ".join(parts))
+                pbar.write(f"step {step}: validation " + summary(results))
                 if miou > best_miou:
                     best_miou = miou
                     save_checkpoint("best", step, best_miou)

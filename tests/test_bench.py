@@ -9,13 +9,13 @@ import bench
 import qshift
 
 TINY = ["--frames", "2", "--size", "64", "--repeats", "2", "--mem-frames", "2", "6", "--mem-size", "64", "--clips",
-        "2"]
+        "2", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
 def report():
     """The report of a bench run with a tiny model, tiny clips and 2-frame data clips."""
-    args = bench.parse_args(TINY + ["--device", "cpu", "--threads", "1"])
+    args = bench.parse_args(TINY + ["--threads", "1"])
     config = qshift.tiny_config(5)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two threads crawl when other jobs share the two cores
@@ -32,8 +32,6 @@ def test_every_figure_is_a_positive_finite_number(report):
     for key, row in rep["figures"].items():
         assert math.isfinite(row["value"]) and row["value"] > 0, key
         assert (row["met"] is None) == (row["goal"] is None), key
-    for key in ("forward_ratio", "train_step_ratio", "stream_ratio", "clip_ratio", "data_clips_per_s", "metrics_ms"):
-        assert rep["figures"][key]["value"] > 0
     assert rep["machine"]["cores_used"] == 1 and rep["settings"]["mem_frames"] == [2, 6]
 
 
@@ -58,7 +56,7 @@ def test_markdown_table_has_a_row_per_figure(report):
 def test_quick_fills_in_only_the_flags_not_given():
     args = bench.parse_args(["--quick", "--frames", "3"])
     assert args.frames == 3 and args.size == bench.QUICK["size"] and args.mem_frames == bench.QUICK["mem_frames"]
-    assert bench.parse_args([]).size == 256
+    assert bench.parse_args([]).size == 256 and bench.parse_args([]).device is None  # main picks cuda if present
 
 
 @pytest.mark.parametrize("argv", [["--device", "tpu"], ["--mem-frames", "8", "4"], ["--frames", "0"]])

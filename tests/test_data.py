@@ -208,6 +208,44 @@ def test_clips_frame_order_classes_and_unlabelled(tmp_path):
     assert denormalise(ds[1]["pixel_values"])[:, 0, 0, 0].round().tolist() == [20, 10, 0]
     (root / "classes.txt").write_text("sky\n\nroad\n")
     assert build_dataset("clips", root, clip_len=1).id2label == {0: "sky", 1: "road"}
+    assert build_dataset("clips", root, clip_len=1).palette is None
+    (root / "classes.txt").write_text("blue sky #4080ff\nroad #000000\n")  # with the colours of pictures
+    ds = build_dataset("clips", root, clip_len=1)
+    assert ds.class_names == ["blue sky", "road"] and ds.palette.tolist() == [[64, 128, 255], [0, 0, 0]]
+    (root / "classes.txt").write_text("sky #4080ff\nroad\n")
+    with pytest.raises(DataError, match="classes.txt: give every class a colour"):
+        build_dataset("clips", root, clip_len=1)
+
+
+def test_clips_splits_come_from_split_files(tmp_path):
+    frames = [(str(t), colour_frame(t), np.zeros((H, W))) for t in range(2)]
+    root = make_clips(tmp_path, {name: frames for name in ("a", "b", "c", "d")}, classes=["x"])
+    videos = lambda split: [name for name, _ in build_dataset("clips", root, split, clip_len=None).videos]  # noqa: E731
+    assert videos("train") == videos("all") == ["a", "b", "c", "d"]  # no split files: every video
+    with pytest.raises(DataError, match=r"val.txt: no such file .*'all'"):
+        build_dataset("clips", root, "val")
+    (root / "val.txt").write_text("d\nb\n")
+    assert videos("val") == ["d", "b"] and videos("train") == ["a", "c"]  # train: every video val.txt leaves
+    (root / "train.txt").write_text("a\n")
+    assert videos("train") == ["a"] and videos("all") == ["a", "b", "c", "d"]
+    assert build_dataset("clips", root, "val", clip_len=None).labelled
+
+
+def test_clips_check_reads_every_file_before_training(tmp_path):
+    y, x = np.mgrid[0:H, 0:W]
+    root = make_clips(tmp_path, {"v": [("0", colour_frame(0), x % 2), ("1", colour_frame(1), x % 3)]},
+                      classes=["a", "b"])
+    ds = build_dataset("clips", root, clip_len=1)  # made without reading the files
+    with pytest.raises(DataError, match=r"1.png: label values \[2\] out of range"):
+        ds.check()
+    save_image(root / "v" / "labels" / "1.png", x % 2)
+    build_dataset("clips", root, clip_len=1).check()
+    save_image(root / "v" / "frames" / "1.png", np.zeros((H + 1, W, 3)))
+    save_image(root / "v" / "labels" / "1.png", np.zeros((H + 1, W)))
+    with pytest.raises(DataError, match=rf"1.png: size {W}x{H + 1} differs from the video's first frame {W}x{H}"):
+        build_dataset("clips", root, clip_len=1).check()
+    unlabelled = make_clips(tmp_path / "unlabelled", {"v": [("0", colour_frame(0), None)]})
+    assert not build_dataset("clips", unlabelled, clip_len=1).labelled
 
 
 # ---------------------------------------------------------------- training clips
@@ -448,7 +486,7 @@ def test_bad_cityscapes_vps_and_clips_trees(tmp_path):
         build_dataset("cityscapes-vps", tmp_path)
 
     clips = make_clips(tmp_path / "clips", {"a": [("0", colour_frame(0), np.zeros((H, W)))]})
-    with pytest.raises(DataError, match="classes.txt"):
+    with pytest.raises(DataError, match="classes.txt: missing; with labels, it names the classes"):
         build_dataset("clips", clips)
     make_clips(clips, {"b": [("0", colour_frame(0), None)]}, classes=["x"])
     with pytest.raises(DataError, match=r"b[/\\]labels: missing"):

@@ -1,5 +1,6 @@
 """evaluate.py: metrics on hand-computed cases and brute force, streaming inference against whole-clip runs, the
-saved predictions, pictures and table, the command line end to end, and every bad-input error."""
+saved predictions, pictures and table, distributed evaluation against one process, the command line end to end, and
+every bad-input error."""
 import json
 import math
 import subprocess
@@ -9,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from PIL import Image
 
 import data
 import evaluate
 import qshift
-from evaluate import SegMetrics, colorize, main, video_consistency
+from evaluate import SegMetrics, colorize, parse_args, video_consistency
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,6 +62,18 @@ def test_segmetrics_matches_brute_force_per_class_masks():
     ious, miou, acc = scores_by_definition(pred, label, C, label != 255)
     assert np.allclose(r["iou"], ious, equal_nan=True) and math.isnan(r["iou"][C - 1])
     assert r["miou"] == pytest.approx(miou) and r["pixel_acc"] == pytest.approx(acc)
+
+
+def test_segmetrics_counts_the_same_without_bincount():
+    # the CUDA path (index_add_ into fixed bins, no wait for the GPU) run on the CPU against bincount's
+    g = torch.Generator().manual_seed(2)
+    pred, label = torch.randint(0, 5, (40, 30), generator=g), torch.randint(0, 5, (40, 30), generator=g)
+    label[:5] = 255
+    m = SegMetrics(5)
+    m.update(pred, label)
+    index = label.to(torch.int32).reshape(-1) * 5 + pred.to(torch.int32).reshape(-1)
+    counts = torch.zeros_like(m.counts).index_add_(0, index, torch.ones((), dtype=torch.int64).expand(len(index)))
+    assert torch.equal(counts, m.counts) and m.confusion.sum() == 35 * 30
 
 
 def test_segmetrics_without_updates_or_labelled_pixels_is_nan():
@@ -144,6 +158,7 @@ def test_evaluate_gives_the_whole_clip_predictions_saved_and_drawn(synthetic, ti
     results = evaluate.evaluate(tiny_model, synthetic, "cpu", progress=False, chunk=5,
                                 save_predictions=tmp_path / "pred", visualize=tmp_path / "vis", num_vis=1)
     assert tiny_model.training  # restored for the training loop
+    colours = evaluate.class_colours(synthetic)
     maps, labels = [], []
     for v, (video, frames) in enumerate(synthetic.videos):
         clip = synthetic[v]  # the whole video as one clip
@@ -152,6 +167,7 @@ def test_evaluate_gives_the_whole_clip_predictions_saved_and_drawn(synthetic, ti
         for t, frame in enumerate(frames):  # DIR/<video>/<frame>.png, a palette PNG of raw ids
             png = Image.open(tmp_path / "pred" / video / f"{frame}.png")
             assert png.mode == "P" and np.array_equal(np.array(png), synthetic.to_raw(maps[-1][t]))
+            assert png.getpalette()[:3 * 4] == colours[:4].ravel().tolist()  # raw id = class here
     _, miou, acc = scores_by_definition(torch.stack(maps), torch.stack(labels), synthetic.num_classes,
                                         torch.stack(labels) != 255)
     assert results["miou"] == pytest.approx(miou) and results["pixel_acc"] == pytest.approx(acc)
@@ -159,22 +175,37 @@ def test_evaluate_gives_the_whole_clip_predictions_saved_and_drawn(synthetic, ti
 
     assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == ["val-000.png"]  # num_vis=1
     picture = np.array(Image.open(tmp_path / "vis" / "val-000.png"))
-    H, W, gap, title = 64, 96, 2, 16  # 6 rows of frames 0, 3, 7, 10, 14, 17; columns image | truth | prediction
-    assert picture.shape[1] == 3 * W + 2 * gap and picture.shape[0] > title + 6 * (H + gap)
+    H, W, gap, title = 64, 96, 2, 16  # 6 rows of frames 0, 3, 7, 10, 14, 17; frame numbers | image | truth | prediction
+    left = picture.shape[1] - (3 * W + 2 * gap)
+    assert 10 < left < 40 and picture.shape[0] > title + 6 * (H + gap)
     for row, t in [(0, 0), (5, 17)]:
         top = title + row * (H + gap)
-        assert np.array_equal(picture[top:top + H, W + gap:2 * W + gap], colorize(labels[0][t]))
-        assert np.array_equal(picture[top:top + H, 2 * (W + gap):], colorize(maps[0][t]))
+        assert np.array_equal(picture[top:top + H, left + W + gap:left + 2 * W + gap], colorize(labels[0][t], colours))
+        assert np.array_equal(picture[top:top + H, -W:], colorize(maps[0][t], colours))
+        assert (picture[top:top + H, :left] < 128).any()  # the frame number is written in the margin
+
+
+def test_synthetic_pictures_draw_each_class_in_its_own_colour(synthetic):
+    colours = evaluate.class_colours(synthetic)
+    assert synthetic.class_names == ["background", "red", "green", "blue"]
+    background, red, green, blue = colours[:4].astype(int)
+    assert background.max() - background.min() < 10 and background.max() < 100  # a dark grey
+    for colour, channel in ((red, 0), (green, 1), (blue, 2)):
+        assert colour.argmax() == channel and colour[channel] > 150 and colour.sum() - colour[channel] < 150
+    assert (colours[255] == 0).all()  # ignore
+    city = data.CITYSCAPES_PALETTE
+    assert len(city) == len(data.CITYSCAPES_CLASSES) == 19 and city[0] == (128, 64, 128)  # road, as Cityscapes draws it
+
+
+def fake_predictions(model, frames, *args):
+    """Class maps made from the images themselves: varied, unlike an untrained model's (for the bookkeeping)."""
+    return ((x[0] > 0).long() + 2 * (x[2] > 0.5).long() for x in frames)
 
 
 def test_evaluate_scores_match_the_definitions(synthetic, monkeypatch):
-    # predictions made from the image itself (varied, unlike an untrained model's), to check the bookkeeping
-    def fake(x):
-        return (x[0] > 0).long() + 2 * (x[2] > 0.5).long()
-
-    monkeypatch.setattr(qshift, "predict_video", lambda model, frames, *args: (fake(x) for x in frames))
+    monkeypatch.setattr(qshift, "predict_video", fake_predictions)
     results = evaluate.evaluate(torch.nn.Linear(1, 1), synthetic, progress=False)
-    preds = [torch.stack([fake(x) for x in synthetic[v]["pixel_values"]]) for v in range(2)]
+    preds = [torch.stack(list(fake_predictions(None, synthetic[v]["pixel_values"]))) for v in range(2)]
     labels = [synthetic[v]["labels"] for v in range(2)]
     hidden = torch.cat([synthetic[v]["cue_hidden"] for v in range(2)])
     pred, label = torch.cat(preds), torch.cat(labels)
@@ -193,6 +224,23 @@ def test_evaluate_scores_match_the_definitions(synthetic, monkeypatch):
     assert 0 < results["hidden_acc"] < 1 and 0 < results["mvc16"] < 1  # the check is not vacuous
 
 
+def main(argv):
+    evaluate.main(parse_args(argv))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_scores_on_cuda_equal_those_on_the_cpu(synthetic, tiny_model, monkeypatch):
+    monkeypatch.setattr(qshift, "predict_video", fake_predictions)
+    on_cpu = evaluate.evaluate(torch.nn.Linear(1, 1), synthetic, progress=False)
+    monkeypatch.setattr(qshift, "predict_video", lambda *args: (pred.cuda() for pred in fake_predictions(*args)))
+    on_cuda = evaluate.evaluate(torch.nn.Linear(1, 1), synthetic, "cuda", progress=False)  # index_add_, pinned labels
+    assert json.dumps(evaluate._json_safe(on_cuda)) == json.dumps(evaluate._json_safe(on_cpu))
+    monkeypatch.undo()
+    amp = evaluate.evaluate(tiny_model, synthetic, "cuda", amp=True, progress=False)  # bf16 autocast
+    tiny_model.cpu()
+    assert amp["num_frames"] == 36 and 0 <= amp["miou"] <= 1
+
+
 def test_own_frames_without_labels_give_predictions_and_pictures_only(tiny_model, tmp_path, capsys):
     rng = np.random.default_rng(0)
     (tmp_path / "clips" / "walk" / "frames").mkdir(parents=True)
@@ -201,25 +249,92 @@ def test_own_frames_without_labels_give_predictions_and_pictures_only(tiny_model
     tiny_model.save_pretrained(tmp_path / "run" / "best")
     main(["--checkpoint", str(tmp_path / "run" / "best"), "--data", "clips", "--root", str(tmp_path / "clips"),
           "--save-predictions", str(tmp_path / "pred"), "--visualize", str(tmp_path / "vis"), "--device", "cpu"])
-    assert "no labels" in capsys.readouterr().out
-    saved = json.loads((tmp_path / "run" / "eval-val.json").read_text())
-    assert saved["results"] == {"num_videos": 1, "num_frames": 3}
+    out = capsys.readouterr().out
+    assert "no labels" in out and f"drew 1 of 1 videos in {tmp_path / 'vis'}" in out
+    saved = json.loads((tmp_path / "run" / "eval-clips-clips-all.json").read_text())  # no val.txt: split "all"
+    assert saved["split"] == "all" and saved["results"] == {"num_videos": 1, "num_frames": 3}
     assert sorted(p.name for p in (tmp_path / "pred" / "walk").iterdir()) == ["0.png", "1.png", "2.png"]
     picture = Image.open(tmp_path / "vis" / "walk.png")
-    assert picture.width == 2 * 96 + 2  # image | prediction
+    assert 2 * 96 + 2 < picture.width < 3 * 96  # frame numbers | image | prediction
+
+
+def test_own_clips_splits_and_data_sets_never_overwrite_each_other(checkpoint, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for video in ("a", "b"):
+        (tmp_path / "clips" / video / "frames").mkdir(parents=True)
+        for t in range(2):
+            Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(
+                tmp_path / "clips" / video / "frames" / f"{t}.png")
+    run = checkpoint.parent
+    clips = ["--data", "clips", "--root", str(tmp_path / "clips"), "--device", "cpu"]
+    main(["--checkpoint", str(checkpoint), *clips])
+    (tmp_path / "clips" / "val.txt").write_text("b\n")
+    main(["--checkpoint", str(checkpoint), *clips])  # now the default split is val: video b only
+    main(["--checkpoint", str(checkpoint), "--data", "synthetic", "--max-videos", "1", "--device", "cpu"])
+    capsys.readouterr()
+    assert json.loads((run / "eval-clips-clips-all.json").read_text())["results"]["num_videos"] == 2
+    assert json.loads((run / "eval-clips-clips-val.json").read_text())["results"]["num_videos"] == 1
+    assert json.loads((run / "eval-synthetic-val-first1.json").read_text())["data"] == "synthetic"
+    assert (run / "eval-clips-clips-val.md").read_text().startswith(f"# {checkpoint} on clips val")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "clips").rename(tmp_path / "other" / "more-clips")  # another folder of own clips: its own files
+    main(["--checkpoint", str(checkpoint), "--data", "clips", "--root", str(tmp_path / "other" / "more-clips"),
+          "--device", "cpu"])
+    assert (run / "eval-clips-more-clips-val.json").is_file() and (run / "eval-clips-clips-val.json").is_file()
+    capsys.readouterr()
+    main(["--table", str(run), "--root", str(tmp_path / "other" / "more-clips")])
+    assert capsys.readouterr().out.startswith("clips val, whole videos")
+
+
+# -----------------------------------------------------------------------------
+# distributed evaluation: two gloo processes on the CPU against one
+
+
+def evaluate_as_rank(rank, world, folder):
+    """One process of an evaluation by `world` processes: its results go to folder/rank<rank>.json."""
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{folder / 'rendezvous'}", rank=rank, world_size=world)
+    dataset = data.build_dataset("synthetic", split="val", clip_len=None, train=False, num_videos=3, num_frames=10)
+    qshift.predict_video = fake_predictions
+    results = evaluate.evaluate(torch.nn.Linear(1, 1), dataset, "cpu", progress=False,
+                                save_predictions=folder / "pred")
+    (folder / f"rank{rank}.json").write_text(json.dumps(evaluate._json_safe(results)))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def test_distributed_evaluation_equals_one_process_exactly(tmp_path):
+    jobs = []
+    for world in (1, 2):  # at once, each in fresh processes, so that both run alike
+        (tmp_path / str(world)).mkdir()
+        jobs.append(torch.multiprocessing.spawn(evaluate_as_rank, (world, tmp_path / str(world)), world, join=False))
+    for job in jobs:
+        while not job.join():
+            pass
+    one = json.loads((tmp_path / "1" / "rank0.json").read_text())
+    assert one["num_videos"] == 3 and one["num_frames"] == 30 and 0 < one["mvc8"] < 1 and "hidden_miou" in one
+    for rank in (0, 1):  # 3 videos on 2 ranks: 2 and 1, and both return the scores of all three, to the last bit
+        assert (tmp_path / "2" / f"rank{rank}.json").read_text() == (tmp_path / "1" / "rank0.json").read_text()
+    saved = {folder: {p.relative_to(tmp_path / folder): p.read_bytes() for p in (tmp_path / folder).rglob("*.png")}
+             for folder in ("1", "2")}
+    assert len(saved["1"]) == 30 and saved["2"] == saved["1"]  # each rank saved the predictions of its videos
 
 
 # -----------------------------------------------------------------------------
 # the results table
 
 
-def write_run(folder, shift_div, match, miou, pixel_acc, mvc8=0.8, causal=False):
-    folder.mkdir(parents=True)
+def write_run(folder, shift_div, match, miou, pixel_acc, mvc8=0.8, causal=False, config=None, name="eval-val"):
+    """An evaluation as evaluate.py writes it (with a train.py config.json if config is given)."""
+    folder.mkdir(parents=True, exist_ok=True)
     run = {"checkpoint": str(folder / "best"), "data": "synthetic", "root": None, "split": "val", "clip_len": None,
            "max_videos": None, "shift_div": shift_div, "match": match, "causal": causal,
            "channels": 256 // shift_div if shift_div else 0,
            "results": {"num_videos": 2, "num_frames": 48, "miou": miou, "pixel_acc": pixel_acc, "mvc8": mvc8}}
-    (folder / "eval-val.json").write_text(json.dumps(run))
+    (folder / f"{name}.json").write_text(json.dumps(run))
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
     return str(folder)
 
 
@@ -243,6 +358,69 @@ def test_table_has_the_papers_layout_with_mean_and_std_over_seeds(tmp_path, caps
     assert (tmp_path / "table.md").read_text() == printed
 
 
+def train_config(**changes):
+    return {"data": "synthetic", "root": None, "shift": 16, "match": True, "causal": False, "model": "tiny",
+            "max_steps": 480, "lr": 5e-4, "seed": 0, "out": "x", "workers": 0, "device": None, **changes}
+
+
+def test_table_never_averages_runs_that_differ_in_more_than_the_seed(tmp_path, capsys):
+    runs = [write_run(tmp_path / "long0", 16, True, 0.60, 0.95, config=train_config(seed=0, out="long0")),
+            write_run(tmp_path / "long1", 16, True, 0.62, 0.95, config=train_config(seed=1, out="long1")),
+            write_run(tmp_path / "short", 16, True, 0.10, 0.50, config=train_config(max_steps=8)),
+            write_run(tmp_path / "base", 0, False, 0.55, 0.90, config=train_config(shift=0, match=False)),
+            write_run(tmp_path / "base8", 0, False, 0.05, 0.40, config=train_config(shift=0, max_steps=8))]
+    main(["--table", *runs])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2:] == [
+        "| shift fraction | channels | matching | max_steps | mIoU | pix. acc. | Δ mIoU | Δ pix. acc. | mVC8 | runs |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| 0 | 0 |  | 8 | 5.00 | 40.00 |  |  | 80.00 | 1 |",
+        "| 0 | 0 |  | 480 | 55.00 | 90.00 |  |  | 80.00 | 1 |",
+        "| 1/16 | 16 | ✓ | 8 | 10.00 | 50.00 | +5.00 | +10.00 | 80.00 | 1 |",  # against the 8-step baseline
+        "| 1/16 | 16 | ✓ | 480 | 61.00 ± 1.41 | 95.00 ± 0.00 | +6.00 | +5.00 | 80.00 ± 0.00 | 2 |",
+    ]
+
+
+def test_table_compares_fine_tunes_of_per_seed_models_and_shows_any_new_setting(tmp_path, capsys):
+    runs = []
+    for seed in (0, 1):  # each seed fine-tunes its own image model: the model paths differ, their settings do not
+        image_model = tmp_path / f"seed{seed}" / "base"
+        (image_model / "last").mkdir(parents=True)
+        (image_model / "config.json").write_text(json.dumps(train_config(seed=seed, shift=0, max_steps=960)))
+        model = str(image_model / "last")
+        for shift_at in ("final", "all"):  # a model setting tables have never heard of: a column of its own
+            folder = tmp_path / f"seed{seed}" / shift_at
+            runs.append(write_run(folder, 16, True, 0.5 + seed / 100 + (shift_at == "all") / 10, 0.9,
+                                  config=train_config(seed=seed, model=model)))
+            run = json.loads((folder / "eval-val.json").read_text())
+            (folder / "eval-val.json").write_text(json.dumps({**run, "shift_at": shift_at}))
+    main(["--table", *runs])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == "| shift fraction | channels | matching | shift_at | mIoU | pix. acc. | Δ mIoU | Δ pix. acc. " \
+                       "| mVC8 | runs |"
+    assert lines[4:] == ["| 1/16 | 16 | ✓ | all | 60.50 ± 0.71 | 90.00 ± 0.00 | – | – | 80.00 ± 0.00 | 2 |",
+                         "| 1/16 | 16 | ✓ | final | 50.50 ± 0.71 | 90.00 ± 0.00 | – | – | 80.00 ± 0.00 | 2 |"]
+    (tmp_path / "seed1" / "base" / "config.json").write_text(json.dumps(train_config(seed=1, shift=0, max_steps=99)))
+    main(["--table", *runs])  # image models trained for different lengths: no longer one row
+    lines = capsys.readouterr().out.splitlines()
+    assert "| model.max_steps |" in lines[2] and len(lines) == 4 + 4
+
+
+def test_table_picks_the_data_set_every_run_has(tmp_path, capsys):
+    a = write_run(tmp_path / "a", 16, True, 0.5, 0.9, name="eval-synthetic-val")
+    b = write_run(tmp_path / "b", 16, True, 0.7, 0.9, name="eval-synthetic-val")
+    clips = json.loads((tmp_path / "a" / "eval-synthetic-val.json").read_text())
+    (tmp_path / "a" / "eval-clips-val.json").write_text(json.dumps({**clips, "data": "clips"}))
+    main(["--table", a, b])
+    assert "| 60.00 ± 14.14 |" in capsys.readouterr().out  # synthetic, the one both runs have
+    (tmp_path / "b" / "eval-clips-val.json").write_text(json.dumps({**clips, "data": "clips"}))
+    with pytest.raises(SystemExit):
+        main(["--table", a, b])
+    assert "several data sets or splits (clips-val, synthetic-val): choose one with --data" in capsys.readouterr().err
+    main(["--table", a, b, "--data", "clips"])
+    assert "| 50.00 ± 0.00 |" in capsys.readouterr().out
+
+
 # -----------------------------------------------------------------------------
 # command line: end to end, and every bad input
 
@@ -255,21 +433,45 @@ def checkpoint(synthetic, tiny_model, tmp_path_factory):
 
 
 def test_command_line_end_to_end_and_its_errors(checkpoint, tmp_path):
-    run = checkpoint.parent
+    run = tmp_path / "run"  # as train.py leaves it: the data set is read from its config.json
+    (run / "best").mkdir(parents=True)
+    for f in checkpoint.iterdir():
+        (run / "best" / f.name).write_bytes(f.read_bytes())
+    (run / "config.json").write_text(json.dumps({"data": "synthetic", "root": None, "seed": 0}))
     cli = [sys.executable, str(REPO / "evaluate.py")]
     jobs = [subprocess.Popen(cli + args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for args in (["--checkpoint", str(checkpoint), "--data", "synthetic", "--max-videos", "1", "--chunk", "4",
-                          "--device", "cpu"],
+            for args in (["--checkpoint", str(run / "best"), "--max-videos", "1", "--chunk", "4", "--device", "cpu"],
                          ["--checkpoint", str(tmp_path / "missing"), "--data", "synthetic"])]
     (ok_out, ok_err), (_, bad_err) = (job.communicate(timeout=300) for job in jobs)
     assert jobs[0].returncode == 0, ok_err
-    saved = json.loads((run / "eval-val-first1.json").read_text())
+    saved = json.loads((run / "eval-synthetic-val-first1.json").read_text())
     assert (saved["shift_div"], saved["match"], saved["causal"], saved["channels"]) == (8, True, False, "8")
     assert {"miou", "pixel_acc", "mvc8", "mvc16", "hidden_miou", "hidden_acc", "visible_miou", "visible_acc"} \
         <= set(saved["results"]) and saved["results"]["num_frames"] == 24
-    assert (run / "eval-val-first1.md").read_text() in ok_out and "| mIoU | pix. acc. | mVC8 | mVC16 |" in ok_out
+    assert (run / "eval-synthetic-val-first1.md").read_text() in ok_out
+    assert "| mIoU | pix. acc. | mVC8 | mVC16 |" in ok_out
     assert jobs[1].returncode == 2
     assert bad_err.splitlines() == [f"error: --checkpoint {tmp_path / 'missing'}: no such folder"]  # no traceback
+
+
+def test_loading_a_checkpoint_gives_no_backbone_warning_and_only_that_one_is_silenced(checkpoint):
+    import logging
+
+    import transformers
+    logger = logging.getLogger("transformers.models.maskformer.configuration_maskformer")
+    records, handler, verbosity = [], logging.Handler(), transformers.logging.get_verbosity()
+    handler.emit = records.append  # sees what passes the logger's filters
+    logger.addHandler(handler)
+    transformers.logging.set_verbosity_warning()
+    transformers.utils.logging.warning_once.cache_clear()  # it warns once per process
+    try:
+        qshift.QShiftMaskFormer.from_pretrained(checkpoint)
+        logger.warning("Backbone maskformer-swin is not a supported model and may not be compatible with Mask2Former.")
+        logger.warning("Backbone resnet-9000 is not a supported model")  # any other message goes through
+    finally:
+        logger.removeHandler(handler)
+        transformers.logging.set_verbosity(verbosity)
+    assert [r.getMessage() for r in records] == ["Backbone resnet-9000 is not a supported model"]
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +489,8 @@ def bad_checkpoints(checkpoint, tmp_path_factory):
     qshift.build_model(qshift.tiny_config(3), 8, True).save_pretrained(root / "three-classes")
     (root / "corrupt-run").mkdir()
     (root / "corrupt-run" / "eval-val.json").write_text("{")
+    qshift.build_model(qshift.tiny_config(4), 8, True).save_pretrained(root / "from-run" / "best")
+    (root / "from-run" / "config.json").write_text("{")
     return root
 
 
@@ -301,9 +505,12 @@ def bad_checkpoints(checkpoint, tmp_path_factory):
     (["--checkpoint", "{good}", "--data", "vspw", "--root", "{bad}/missing"], "no such dataset folder"),
     (["--checkpoint", "{good}", "--data", "synthetic", "--clip-len", "0"], "--clip-len 0: must be at least 1"),
     (["--checkpoint", "{good}", "--data", "imagenet"], "invalid choice"),
-    (["--checkpoint", "{good}"], "--checkpoint needs --data"),
+    (["--checkpoint", "{good}"], "needs --data: no"),
+    (["--checkpoint", "{good}", "--data", "synthetic", "--device", "gpu"], "--device gpu"),
+    (["--checkpoint", "{good}", "--data", "synthetic", "--max-video", "1"], "unrecognized arguments: --max-video"),
+    (["--checkpoint", "{bad}/from-run/best"], "cannot read"),
     (["--data", "synthetic"], "either --checkpoint"),
-    (["--table", "{bad}/missing"], "no eval-val.json"),
+    (["--table", "{bad}/missing"], "no evaluation"),
     (["--table", "{bad}/corrupt-run"], "cannot read"),
     (["--table", "{bad}/corrupt-run", "--out", "{bad}/missing/table.md"], "--out"),
 ])
@@ -314,7 +521,7 @@ def test_bad_input_is_one_line_and_exit_status_2(args, message, bad_checkpoints,
 
     before = files()
     with pytest.raises(SystemExit) as exit_:
-        main(args)
+        main(args)  # parse_args, then evaluate.main
     out, err = capfd.readouterr()
     assert exit_.value.code == 2 and out == ""
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err

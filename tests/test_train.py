@@ -5,8 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--clip-len", "4", "--batch-size", "1", "--log-every", "1", "--warmup", "2", "--val-videos", "2"]
@@ -52,10 +54,14 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path):
     train(*flags, out=tmp_path / "whole")
     train(*flags, "--stop-at", "3", out=tmp_path / "split")
     assert max(losses(tmp_path / "split")) == 3
+    assert sorted(p.name for p in (tmp_path / "split").glob("step-*")) == ["step-0000003"]
     train("--resume", out=tmp_path / "split")
     whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
     assert sorted(split) == list(range(1, 7))
     assert [split[s] for s in range(1, 7)] == [whole[s] for s in range(1, 7)]  # bit for bit
+    # last and best are now step 6: the checkpoint of step 3 is pruned, and no temporary folder is left
+    assert sorted(p.name for p in (tmp_path / "split").glob("*step-*")) == ["step-0000006"]
+    assert os.readlink(tmp_path / "split" / "last") == os.readlink(tmp_path / "split" / "best") == "step-0000006"
 
 
 def test_ddp_with_two_gloo_processes(tmp_path):
@@ -102,9 +108,81 @@ def test_bad_input_gets_one_line_and_exit_status_2(tmp_path):
     (tmp_path / "taken" / "notes.txt").write_text("keep me")
     expect_error(train(out=tmp_path / "taken", check=False), "--resume", "--overwrite")
     assert (tmp_path / "taken" / "notes.txt").read_text() == "keep me"
+    expect_error(train("--shift", "3", out=tmp_path / "taken", check=False), "--shift 3")  # the real error first
     expect_error(train("--overwrite", "--shift", "3", out=tmp_path / "taken", check=False), "--shift 3")
     assert (tmp_path / "taken" / "notes.txt").exists()  # --overwrite removes the old run only once all has loaded
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "thesis.tex").write_text("keep me")
     expect_error(train("--overwrite", out=tmp_path / "other", check=False), "not a qshift run")
     assert (tmp_path / "other" / "thesis.tex").exists()
+
+
+def test_flags_are_never_abbreviated_and_presets_are_in_help(tmp_path):
+    expect_error(train("--max-step", "5", out=tmp_path / "a", check=False), "unrecognized arguments: --max-step")
+    expect_error(train("--clip-len", "0", out=tmp_path / "a", check=False), "--clip-len 0: must be at least 1")
+    expect_error(train("--resume", "--overwrite", out=tmp_path / "a", check=False), "choose one")
+    help_text = train("--help", out=tmp_path / "a").stdout
+    assert "vspw            --model facebook/maskformer-swin-tiny-ade --clip-len 16" in help_text
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("script,flags,status", [
+    ("train.py", ["--help"], 0), ("train.py", ["--max-step", "5"], 2), ("train.py", ["--data", "vspw"], 2),
+    ("evaluate.py", ["--help"], 0), ("evaluate.py", ["--checkpoint", "nowhere"], 2),
+    ("bench.py", ["--help"], 0), ("bench.py", ["--device", "tpu"], 2)])
+def test_help_and_flag_errors_answer_before_torch_loads(script, flags, status):
+    code = ("import runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+            "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, str(ROOT / script), *flags], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60)
+    assert result.stdout.splitlines()[-1] == f"{status} False False", result.stdout + result.stderr
+
+
+def make_clips(root, labels=True, classes=("ground", "thing")):
+    """Own videos a, b, c of 4 frames of 32x48, a square of class 1 moving on class 0; b and c kept for val.txt."""
+    for v, video in enumerate("abc"):
+        for t in range(4):
+            label = np.zeros((32, 48), np.uint8)
+            label[8:20, 4 + 6 * t + v:16 + 6 * t + v] = 1
+            image = np.where(label[..., None] == 1, [200, 40, 40], [30, 90, 30]).astype(np.uint8)
+            (root / video / "frames").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / video / "frames" / f"{t}.png")
+            if labels:
+                (root / video / "labels").mkdir(exist_ok=True)
+                Image.fromarray(label).save(root / video / "labels" / f"{t}.png")
+    if classes:
+        (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    return root
+
+
+CLIPS = ["--data", "clips", "--model", "tiny", "--clip-len", "2", "--crop", "32", "32", "--warmup", "1"]
+
+
+def test_own_clips_train_on_train_and_validate_on_val_txt(tmp_path):
+    root = make_clips(tmp_path / "videos")
+    (root / "val.txt").write_text("c\n")
+    out = tmp_path / "run"
+    result = train(*CLIPS, "--root", str(root), "--max-steps", "2", "--workers", "64", out=out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["workers"] <= len(os.sched_getaffinity(0))  # capped quietly
+    assert "worker" not in result.stderr  # torch's warning about too many workers
+    val = [json.loads(line)["val"] for line in (out / "log.jsonl").read_text().splitlines() if "val" in line]
+    assert len(val) == 1 and val[0]["num_videos"] == 1 and val[0]["num_frames"] == 4  # video c only
+    assert '"train_clips": 4' in result.stdout  # videos a and b, 2 clips of 2 frames each
+
+
+def test_bad_own_clips_stop_before_step_0_and_leave_out_as_it_was(tmp_path):
+    kept = tmp_path / "kept"  # an old run, to be replaced only if the new one starts
+    kept.mkdir()
+    (kept / "config.json").write_text("{}")
+    unlabelled = make_clips(tmp_path / "unlabelled", labels=False, classes=None)
+    expect_error(train(*CLIPS, "--root", str(unlabelled), "--overwrite", out=kept, check=False), "no labels")
+    no_classes = make_clips(tmp_path / "no-classes", classes=None)
+    expect_error(train(*CLIPS, "--root", str(no_classes), "--overwrite", out=kept, check=False), "classes.txt")
+    one_class = make_clips(tmp_path / "one-class", classes=["ground"])  # label 1 has no class
+    expect_error(train(*CLIPS, "--root", str(one_class), "--overwrite", out=kept, check=False),
+                 "label values [1] out of range")
+    (one_class / "val.txt").write_text("ghost\n")
+    expect_error(train(*CLIPS, "--root", str(one_class), out=tmp_path / "new", check=False), "ghost")
+    expect_error(train(*CLIPS, out=tmp_path / "new", check=False), "--data clips needs --root")
+    assert sorted(p.name for p in kept.iterdir()) == ["config.json"] and not (tmp_path / "new").exists()
