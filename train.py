@@ -339,8 +339,8 @@ def request_stop(signum, frame):  # Ctrl-C: finish the step, save, exit
 
 
 signal.signal(signal.SIGINT, request_stop)
-loader = DataLoader(EpochClips(train_set), batch_size=config["batch_size"], sampler=clip_order(step), collate_fn=collate,
-                    num_workers=config["workers"], pin_memory=device.startswith("cuda"),
+loader = DataLoader(EpochClips(train_set), batch_size=config["batch_size"], sampler=clip_order(step),
+                    collate_fn=collate, num_workers=config["workers"], pin_memory=device.startswith("cuda"),
                     generator=torch.Generator().manual_seed(seed))  # leaves the global RNG alone
 model.train()
 pbar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True)
