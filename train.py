@@ -191,7 +191,8 @@ frozen = freeze_unused_parameters(model)
 raw_model = model
 if ddp:
     model = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None)
-torch.manual_seed(seed + rank)  # each rank its own dropout and drop-path draws (DDP has copied rank 0's weights)
+if rank:  # the other ranks draw their own dropout, drop path and loss points; rank 0 goes on as one process would
+    torch.manual_seed(seed + rank)
 
 # MaskFormer's loss divides its mask terms by the number of masks of the local batch (transformers issue 26844). We
 # keep that: every rank sees batches of the same size, so DDP's gradient average is the mean of per-rank losses.
