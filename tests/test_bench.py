@@ -92,7 +92,7 @@ def test_cuda_defaults_are_the_papers_clip_in_bf16():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_cuda_model_cost_and_memory_on_the_device_given():
-    device = f"cuda:{torch.cuda.device_count() - 1}"  # the last GPU: the figures must not come from cuda:0
+    device = f"cuda:{torch.cuda.device_count() - 1}"  # with several GPUs, one that is not the current device
     models, _ = bench.model_cost(bench.variants(qshift.tiny_config(5), device), 2, 64, 2, device, amp=True)
     for model in models:
         assert 0 < model["forward_peak_mib"] < model["train_step_peak_mib"]  # training adds gradients, AdamW state
