@@ -117,6 +117,9 @@ else:
     rank, world = 0, 1
     device = config["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
 master = rank == 0
+if args.resume and not isinstance(state["rng"], list):
+    fail(f"--resume: {out / 'last'} was written by an older train.py (one random state for all processes), which "
+         f"this one cannot continue exactly; start a new run from it with --model {out / 'last'}")
 if args.resume and len(state["rng"]) != world:
     fail(f"--resume: the run in {out} was trained by {len(state['rng'])} process(es), this one has {world}; resume "
          f"with the same number (the order of the clips and the schedule depend on it)")

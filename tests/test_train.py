@@ -132,6 +132,8 @@ def test_bad_input_gets_one_line_and_exit_status_2(tmp_path):
     (corrupt / "step-0000001" / "train_state.pt").write_bytes(b"not a checkpoint")
     (corrupt / "last").symlink_to("step-0000001")
     expect_error(train("--resume", out=corrupt, check=False), "corrupt")
+    torch.save({"step": 1, "rng": {"torch": torch.get_rng_state()}}, corrupt / "step-0000001" / "train_state.pt")
+    expect_error(train("--resume", out=corrupt, check=False), "older train.py")  # one random state for all ranks
 
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "config.json").write_text("{}")
