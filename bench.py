@@ -1,14 +1,17 @@
 """
 Benchmarks of qshift, every figure measured side by side in one run (in the style of nanoGPT's bench.py).
 
-    python bench.py                  # full sizes, on CUDA when present, else the CPU: ~15 minutes on 1 CPU core
+    python bench.py                  # full sizes, on CUDA when present (16 frames at 480x480, bf16 autocast,
+                                     # TF32), else the CPU (256x256, fp32): ~15 minutes on 1 CPU core
     python bench.py --quick          # smaller sizes and repeats (QUICK below): 1.5-2.5 minutes on 2 busy CPU cores
     python bench.py --json           # one JSON object instead of the Markdown table
     python bench.py --threads 1      # on a machine busy with other jobs, where two threads on two cores crawl
     python bench.py --device cuda --frames 16 --size 512 --repeats 8
 
 Figures: (1) the cost of shift and matching over the frame-by-frame model with the same weights and input (MaskFormer
-with the Swin-T architecture of facebook/maskformer-swin-tiny-ade, random weights, built offline); (2) peak memory of
+with the Swin-T architecture of facebook/maskformer-swin-tiny-ade, random weights, built offline), and per model
+frames per second in inference and training, matching's share of the forward time and, on CUDA, peak memory of one
+clip (the models compared are listed in `variants`); (2) peak memory of
 whole-video inference, streamed (qshift.predict_video) beside the video run as one clip; (3) 16-frame training
 clips per second from VSPW-like 480p files on one loader worker; (4) the confusion-matrix update per 480p frame.
 Ratios come from interleaved runs (A B B A ...) after a warm-up: the median of the ratios of adjacent runs.
@@ -37,12 +40,13 @@ def parse_args(argv=None):
     parser.add_argument("--device", help="cpu or cuda[:i] (default: cuda when present, else cpu)")
     parser.add_argument("--threads", type=positive, default=len(os.sched_getaffinity(0)), help="CPU cores to use")
     parser.add_argument("--frames", type=positive, default=16, help="frames per clip for the cost figures")
-    parser.add_argument("--size", type=positive, default=256, help="frame height and width for the cost figures")
+    parser.add_argument("--size", type=positive, help="frame height and width of the cost figures (CUDA: 480, CPU: 256)")
     parser.add_argument("--repeats", type=positive, default=6, help="timed runs of each variant")
     parser.add_argument("--mem-frames", type=positive, nargs=2, default=[16, 128], help="the two video lengths")
     parser.add_argument("--mem-size", type=positive, default=128, help="frame height and width for the memory figures")
     parser.add_argument("--clips", type=positive, default=20, help="clips timed for the data figures")
     parser.add_argument("--quick", action="store_true", help=f"smaller defaults: {QUICK}")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast (default: on CUDA only)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.quick:
@@ -93,12 +97,24 @@ def swin_tiny_config():
 
 def timed(fn, device):
     """Seconds one call of fn takes, waiting for the device's queued work."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.startswith("cuda") else (lambda: None)
     sync()
     start = time.perf_counter()
     fn()
     sync()
     return time.perf_counter() - start
+
+
+def peak_memory(fn, device):
+    """MiB of device memory in use at the peak of one call of fn, counting what was there before (weights, optimizer
+    state); None on the CPU, where PyTorch keeps no such count."""
+    if not device.startswith("cuda"):
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 def side_by_side(fa, fb, repeats, device, warmup=1):
@@ -123,37 +139,64 @@ def side_by_side(fa, fb, repeats, device, warmup=1):
 # 1. cost of shift and matching
 
 
-def model_cost(config, frames, size, repeats, device):
-    """Forward and training-step time of the frame-by-frame model and of shift (1/16) + matching, on one clip
-    (1, frames, 3, size, size) with the same weights; and match_queries alone on (1, 16, Q, C)."""
+def variants(config, device):
+    """The models compared, as (name, model) pairs: first the frame-by-frame image model, the baseline; then the
+    models measured against it, which share its weights."""
     torch.manual_seed(0)
     frame_by_frame = qshift.build_model(config, shift_div=0).to(device)
-    shifted = qshift.QShiftMaskFormer(frame_by_frame.model, shift_div=16, match=True)  # the same HF model
+    return [("frame by frame (shift 0)", frame_by_frame),
+            ("shift 1/16 + matching", qshift.QShiftMaskFormer(frame_by_frame.model, shift_div=16, match=True))]
+
+
+def model_cost(models, frames, size, repeats, device, amp=False):
+    """Speed and memory of each (name, model) of `models` on one clip (1, frames, 3, size, size): inference
+    (forward) and a training step (the model's own loss, AdamW), each model interleaved with the first.
+
+    Returns one dict per model: name; forward_ms, train_step_ms (median ms per clip); forward_fps, train_step_fps
+    (frames per second); forward_ratio, train_step_ratio (median time ratio to the first model, paired runs);
+    forward_peak_mib, train_step_peak_mib (peak device memory, None on the CPU); match_pct (for models that match:
+    match_queries alone on this clip's queries, in percent of the model's forward time, else None). And the
+    milliseconds of match_queries alone. amp: bf16 autocast.
+    """
     x = torch.randn(1, frames, 3, size, size, device=device)
+    config = models[0][1].model.config
     coarse = torch.randint(config.num_labels, (frames, 1, 4, 4)).float()  # a few blocks of classes per frame
     labels = F.interpolate(coarse, size=(size, size), mode="nearest")[:, 0].long().to(device)  # (T, H, W)
     mask_labels, class_labels = zip(*(data.mask_targets(frame) for frame in labels))
-    optimizer = torch.optim.AdamW(frame_by_frame.parameters(), lr=1e-5)
+    shared = dict.fromkeys(p for _, model in models for p in model.parameters())  # each weight once, in order
+    optimizer = torch.optim.AdamW(shared, lr=1e-5)
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp)
 
     def forward(model):
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             model(x)
 
     def train_step(model):
         optimizer.zero_grad(set_to_none=True)
-        model(x, list(mask_labels), list(class_labels)).loss.backward()
+        with autocast:
+            loss = model(x, list(mask_labels), list(class_labels)).loss
+        loss.backward()
         optimizer.step()
 
-    frame_by_frame.eval()
-    fwd_a, _, fwd_ratio = side_by_side(lambda: forward(frame_by_frame), lambda: forward(shifted), repeats, device)
-    frame_by_frame.train()
-    step_a, _, step_ratio = side_by_side(lambda: train_step(frame_by_frame), lambda: train_step(shifted), repeats,
-                                         device)
-    q = torch.randn(1, 16, config.decoder_config.num_queries, config.decoder_config.d_model, device=device)
+    base = models[0][1]
+    rows = [{"name": name} for name, _ in models]
+    for key, run, training in (("forward", forward, False), ("train_step", train_step, True)):
+        for _, model in models:
+            model.train(training)
+        for row, (_, model) in zip(rows[1:], models[1:]):
+            base_s, model_s, ratio = side_by_side(lambda: run(base), lambda: run(model), repeats, device)
+            rows[0].setdefault(f"{key}_ms", 1e3 * base_s)  # the baseline's time from its first pairing
+            row.update({f"{key}_ms": 1e3 * model_s, f"{key}_ratio": ratio})
+        rows[0][f"{key}_ratio"] = 1.0
+        for row, (_, model) in zip(rows, models):
+            row[f"{key}_fps"] = frames / (row[f"{key}_ms"] / 1e3)
+            row[f"{key}_peak_mib"] = peak_memory(lambda: run(model), device)
+    q = torch.randn(1, frames, config.decoder_config.num_queries, config.decoder_config.d_model, device=device)
     qshift.match_queries(q)  # warm-up
-    match = statistics.median(timed(lambda: qshift.match_queries(q), device) for _ in range(10))
-    return {"forward_ratio": fwd_ratio, "train_step_ratio": step_ratio, "forward_ms": 1e3 * fwd_a,
-            "train_step_ms": 1e3 * step_a, "match_ms": 1e3 * match}
+    match_ms = 1e3 * statistics.median(timed(lambda: qshift.match_queries(q), device) for _ in range(10))
+    for row, (_, model) in zip(rows, models):
+        row["match_pct"] = 100 * match_ms / row["forward_ms"] if model.shift_div and model.match else None
+    return rows, match_ms
 
 
 # -----------------------------------------------------------------------------
@@ -166,16 +209,16 @@ def _status_bytes(key):
         return 1024 * next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
 
-def memory_case(mode, frames, size, config, device):
+def memory_case(mode, frames, size, config, device, amp=False):
     """Run in a fresh process: build the model, run one video of `frames` random frames streamed ("stream") or as
-    one clip ("clip"), and return its peak memory above the built model, in MiB."""
+    one clip ("clip"), and return its peak memory above the built model, in MiB. amp: bf16 autocast."""
     torch.set_num_threads(1)  # threads change the time, not the memory
     model = qshift.build_model(config).to(device).eval()
     gen = torch.Generator().manual_seed(0)
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
     else:
         # glibc: a fixed mmap threshold (M_MMAP_THRESHOLD = -3) gives large freed blocks back at once, so the peak is
         # that of live memory; with the default sliding threshold they linger in the heap, and the same 16-frame run
@@ -187,23 +230,25 @@ def memory_case(mode, frames, size, config, device):
         start = _status_bytes("VmRSS")
     with torch.no_grad():
         if mode == "stream":  # frames made one at a time, as a video file is read
-            for _ in qshift.predict_video(model, (torch.randn(3, size, size, generator=gen) for _ in range(frames))):
+            video = (torch.randn(3, size, size, generator=gen) for _ in range(frames))
+            for _ in qshift.predict_video(model, video, amp=amp):
                 pass
         else:
-            model(torch.randn(1, frames, 3, size, size, generator=gen).to(device))
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+                model(torch.randn(1, frames, 3, size, size, generator=gen).to(device))
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - start) / 2**20
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - start) / 2**20
     return (_status_bytes("VmHWM") - start) / 2**20
 
 
-def memory(config, frame_counts, size, device):
+def memory(config, frame_counts, size, device, amp=False):
     """Peak MiB of whole-video inference for the two video lengths, streamed and as one clip, each case in a fresh
     process forked from one that has only imported the modules, all four at once."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["qshift", "evaluate"])  # imported once, not once per case
     with ProcessPoolExecutor(4, mp_context=context, max_tasks_per_child=1) as pool:
-        runs = {(mode, n): pool.submit(memory_case, mode, n, size, config, device)
+        runs = {(mode, n): pool.submit(memory_case, mode, n, size, config, device, amp)
                 for mode in ("stream", "clip") for n in frame_counts}
         peak = {case: run.result() for case, run in runs.items()}
     short, long = frame_counts
@@ -281,11 +326,22 @@ def metrics_speed(repeats=25, num_classes=data.VSPW_NUM_CLASSES, size=(480, 853)
 # -----------------------------------------------------------------------------
 
 
+def model_figures(models, match_ms):
+    """The figures of the table from model_cost's results: the second model (shift and matching) against the
+    first (frame by frame)."""
+    base, shifted = models[:2]
+    return {"forward_ratio": shifted["forward_ratio"], "train_step_ratio": shifted["train_step_ratio"],
+            "forward_ms": base["forward_ms"], "train_step_ms": base["train_step_ms"], "match_ms": match_ms,
+            "match_pct": shifted["match_pct"]}
+
+
 def collect(args, config):
-    """Every figure: {key: value}."""
-    return {**model_cost(config, args.frames, args.size, args.repeats, args.device),
-            **memory(config, args.mem_frames, args.mem_size, args.device),
-            **data_speed(args.clips), **metrics_speed()}
+    """Every figure, {key: value}, and model_cost's dict per model."""
+    models, match_ms = model_cost(variants(config, args.device), args.frames, args.size, args.repeats, args.device,
+                                  args.amp)
+    figures = {**model_figures(models, match_ms), **memory(config, args.mem_frames, args.mem_size, args.device,
+                                                           args.amp), **data_speed(args.clips), **metrics_speed()}
+    return figures, models
 
 
 def rows(args):
@@ -297,7 +353,8 @@ def rows(args):
             ("train_step_ratio", "training step time (AdamW, HF loss), shift+matching / frame-by-frame", ("<=", 1.02)),
             ("forward_ms", "forward, frame-by-frame (ms per clip)", None),
             ("train_step_ms", "training step, frame-by-frame (ms per clip)", None),
-            ("match_ms", "match_queries alone (ms per 16-frame clip)", None),
+            ("match_ms", "match_queries alone (ms per clip)", None),
+            ("match_pct", "match_queries alone, % of the shift+matching forward time", None),
             ("stream_mib_short", f"streamed inference, {short} frames at {video} (MiB)", None),
             ("stream_mib_long", f"streamed inference, {long} frames (MiB)", None),
             ("stream_ratio", f"streamed inference memory, {long} / {short} frames", ("<=", 1.1)),
@@ -321,15 +378,21 @@ def machine(args):
             "torch": torch.__version__, "transformers": transformers.__version__, "device": device}
 
 
-def report(args, figures):
-    """The machine, the settings and every figure with its goal and whether it is met, as one dict."""
+def report(args, figures, models=()):
+    """The machine, the settings, every figure with its goal and whether it is met, and model_cost's dict per
+    model, as one dict."""
     table = {}
     for key, name, goal in rows(args):
         value = figures[key]
         met = None if goal is None else value <= goal[1] if goal[0] == "<=" else value >= goal[1]
         table[key] = {"figure": name, "value": value, "goal": goal and f"{goal[0]} {goal[1]}", "met": met}
-    settings = {k: getattr(args, k) for k in ("quick", "frames", "size", "repeats", "mem_frames", "mem_size", "clips")}
-    return {"machine": machine(args), "settings": settings, "figures": table}
+    settings = {k: getattr(args, k) for k in ("quick", "frames", "size", "amp", "repeats", "mem_frames", "mem_size",
+                                              "clips")}
+    return {"machine": machine(args), "settings": settings, "figures": table, "models": list(models)}
+
+
+def _number(x):
+    return "–" if x is None else f"{x:.3f}" if x < 100 else f"{x:.0f}"
 
 
 def markdown(rep):
@@ -342,19 +405,39 @@ def markdown(rep):
              "| figure | value | goal | met? |", "|---|---|---|---|"]
     for row in rep["figures"].values():
         met = "" if row["met"] is None else "yes" if row["met"] else "**no**"
-        value = f"{row['value']:.3f}" if row["value"] < 100 else f"{row['value']:.0f}"
-        lines.append(f"| {row['figure']} | {value} | {row['goal'] or ''} | {met} |")
+        lines.append(f"| {row['figure']} | {_number(row['value'])} | {row['goal'] or ''} | {met} |")
+    if rep["models"]:
+        s = rep["settings"]
+        lines += ["", f"Per model, one clip of {s['frames']} frames at {s['size']}x{s['size']}"
+                  f"{', bf16 autocast' if s['amp'] else ''}; time ratios to the first model, run side by side; peak "
+                  "memory: all tensors on the device, weights and optimizer state included (CUDA only)", "",
+                  "| model | inference frames/s | training frames/s | inference time ratio | training time ratio "
+                  "| matching, % of forward | peak MiB, inference | peak MiB, training |", "|---|" + "---:|" * 7]
+        keys = ("forward_fps", "train_step_fps", "forward_ratio", "train_step_ratio", "match_pct",
+                "forward_peak_mib", "train_step_peak_mib")
+        lines += [f"| {m['name']} | " + " | ".join(_number(m[k]) for k in keys) + " |" for m in rep["models"]]
     return "\n".join(lines)
+
+
+def settle_device(args):
+    """Fill in what depends on the device: the device itself, the frame size and bf16 (parse_args runs without torch)."""
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"--device {args.device}: CUDA is not available on this machine")
+    cuda = args.device.startswith("cuda")
+    args.size = args.size or (480 if cuda else 256)  # on a GPU the paper's size; the CPU would take an hour
+    args.amp = cuda if args.amp is None else args.amp  # bf16 as train.py --amp; CPU autocast is slow on most CPUs
+    return args
 
 
 def main(args):
     """Run the benchmarks that parse_args asked for and print the report."""
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        fail(f"--device {args.device}: CUDA is not available on this machine")
+    settle_device(args)
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
-    rep = report(args, collect(args, swin_tiny_config()))
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as train.py
+    rep = report(args, *collect(args, swin_tiny_config()))
     print(json.dumps(rep, indent=2) if args.json else markdown(rep))
 
 

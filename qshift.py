@@ -101,8 +101,9 @@ def match_queries(q):
     moved to the CPU in one transfer.
     """
     B, T, Q, _ = q.shape
-    qn = F.normalize(q.float(), dim=-1)
-    sim = (qn[:, 1:] @ qn[:, :-1].transpose(-1, -2)).cpu().numpy()  # (B, T-1, Q, Q): [t-1, i, j] = cos(q_t,i, q_t-1,j)
+    with torch.autocast(q.device.type, enabled=False):  # float32 similarities, also under bf16 autocast
+        qn = F.normalize(q.float(), dim=-1)
+        sim = (qn[:, 1:] @ qn[:, :-1].transpose(-1, -2)).cpu().numpy()  # (B, T-1, Q, Q): [t-1, i, j] = cos(q_ti, q_t-1j)
     perm = np.empty((B, T, Q), dtype=np.int64)
     perm[:, 0] = np.arange(Q)
     for b in range(B):
@@ -436,7 +437,7 @@ def tiny_config(num_labels, hidden_size=64, num_queries=20, embed_dim=16, decode
     backbone = SwinConfig(image_size=image_size, patch_size=4, embed_dim=embed_dim, depths=[1, 1, 1, 1],
                           num_heads=[1, 2, 2, 4], window_size=4, drop_path_rate=0.0,
                           out_features=["stage1", "stage2", "stage3", "stage4"])
-    if family == "mask2former":  # 3 decoder layers: one per pixel-decoder level, as Mask2Former cycles them
+    if family == "mask2former":  # HF builds decoder_layers - 1 masked-attention layers, reading levels 0, 1 (of 3)
         return Mask2FormerConfig(backbone_config=backbone, hidden_dim=hidden_size, num_queries=num_queries,
                                  decoder_layers=max(decoder_layers, 3), encoder_layers=1, num_attention_heads=4,
                                  dim_feedforward=2 * hidden_size, feature_size=mask_feature_size,

@@ -16,7 +16,9 @@ a folder readable by evaluate.py and QShiftSegmenter.from_pretrained, plus train
 train on ROOT/train.txt's videos (default: all but those of ROOT/val.txt) and validate on ROOT/val.txt's, if any.
 """
 import argparse
+import datetime
 import json
+import math
 import os
 import random
 import shutil
@@ -133,7 +135,7 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from data import DataError, build_dataset, collate  # noqa: E402
+from data import DataError, build_dataset, collate, mask_targets  # noqa: E402
 from evaluate import evaluate, summary  # noqa: E402
 from qshift import QShiftSegmenter, build_model, tiny_config  # noqa: E402
 
@@ -151,7 +153,12 @@ if args.resume:
 ddp = "RANK" in os.environ
 if ddp:
     cuda = torch.cuda.is_available() and config["device"] != "cpu"
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    # Ranks wait for each other in collectives: in validation, where every rank scores its share of the videos and
+    # the first done waits for the last, and while rank 0 writes a checkpoint. NCCL's default timeout, 10 minutes,
+    # can abort a run there. Two hours is longer than a whole VSPW validation (24k frames) should take on one GPU
+    # (estimated 20-30 minutes, not measured), so even a rank left to validate alone cannot hit it; the price is that
+    # a rank that really hangs is found only after two hours.
+    dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
     rank, world = dist.get_rank(), dist.get_world_size()
     device = f"cuda:{os.environ['LOCAL_RANK']}" if cuda else "cpu"
     if cuda:
@@ -160,9 +167,16 @@ else:
     rank, world = 0, 1
     device = config["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
 master = rank == 0
+if args.resume and not isinstance(state["rng"], list):
+    fail(f"--resume: {out / 'last'} was written by an older train.py (one random state for all processes), which "
+         f"this one cannot continue exactly; start a new run from it with --model {out / 'last'}")
+if args.resume and len(state["rng"]) != world:
+    fail(f"--resume: the run in {out} was trained by {len(state['rng'])} process(es), this one has {world}; resume "
+         f"with the same number (the order of the clips and the schedule depend on it)")
 if device.startswith("cuda"):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config["amp"] and device.startswith("cuda"))
+amp = config["amp"] and device.startswith("cuda")  # bf16 autocast, in training and validation alike
+autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp)
 
 # -----------------------------------------------------------------------------
 # data and model
@@ -228,11 +242,35 @@ if replace_old_run:  # removed only when the run starts
         fail(f"--out {out} holds another run; pass --resume to continue it or --overwrite to replace it")
 
 model.to(device)
+
+
+def freeze_unused_parameters(model):
+    """Freeze the parameters that the training loss never reaches, found by one backward pass of a small clip; returns
+    their names.
+
+    HF's Swin backbones keep a final layernorm that MaskFormer and Mask2Former never read. Frozen, such parameters
+    need no find_unused_parameters in DDP (a search of the autograd graph at every step). A pass, not a list of
+    names, so that the rule holds for any model and backbone.
+    """
+    labels = torch.zeros(2, 64, 64, dtype=torch.long)  # (T, H, W), one class everywhere
+    mask_labels, class_labels = zip(*(mask_targets(frame) for frame in labels))
+    model.eval()  # no dropout, no running statistics touched
+    with torch.random.fork_rng(devices=[torch.device(device)] if device.startswith("cuda") else []):  # exact resume
+        model(torch.zeros(1, 2, 3, 64, 64, device=device), [m.to(device) for m in mask_labels],
+              [c.to(device) for c in class_labels]).loss.backward()
+    unused = [name for name, p in model.named_parameters() if p.grad is None]
+    for p in model.parameters():
+        p.requires_grad_(p.grad is not None)
+    model.zero_grad(set_to_none=True)
+    return unused
+
+
+frozen = freeze_unused_parameters(model)
 raw_model = model
 if ddp:
-    # HF's Swin backbone has a final layernorm that MaskFormer never uses (it reads per-stage norms)
-    model = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None,
-                                    find_unused_parameters=True)
+    model = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None)
+if rank:  # the other ranks draw their own dropout, drop path and loss points; rank 0 goes on as one process would
+    torch.manual_seed(seed + rank)
 
 # MaskFormer's loss divides its mask terms by the number of masks of the local batch (transformers issue 26844). We
 # keep that: every rank sees batches of the same size, so DDP's gradient average is the mean of per-rank losses.
@@ -248,6 +286,8 @@ def parameter_groups(model, weight_decay):
     decay, no_decay = [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
             exempt = (isinstance(module, (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase))
                       or p.dim() < 2 or name == "relative_position_bias_table")
             (no_decay if exempt else decay).append(p)
@@ -260,7 +300,8 @@ steps_per_epoch = len(train_set) // (config["batch_size"] * world)
 if steps_per_epoch == 0:
     fail(f"--batch-size {config['batch_size']}: the training set has only {len(train_set)} clips for {world} process(es)")
 max_steps = config["max_steps"] or config["epochs"] * steps_per_epoch
-derived = dict(total_steps=max_steps, steps_per_epoch=steps_per_epoch, world_size=world, train_clips=len(train_set))
+derived = dict(total_steps=max_steps, steps_per_epoch=steps_per_epoch, world_size=world, train_clips=len(train_set),
+               backend=dist.get_backend() if ddp else None, frozen=frozen)
 
 
 def learning_rate(step):
@@ -271,27 +312,54 @@ def learning_rate(step):
     return config["lr"] * (1 - step / max_steps) ** 0.9
 
 
-def loader_for_epoch(epoch, skip_batches):
-    """This rank's batches of one epoch, in an order fixed by (seed, epoch), less the first skip_batches."""
-    train_set.set_epoch(epoch)  # clip offsets and augmentation are drawn from (seed, epoch, index)
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-    sampler.set_epoch(epoch)
-    order = list(sampler)[skip_batches * config["batch_size"]:]
-    return DataLoader(train_set, batch_size=config["batch_size"], sampler=order, collate_fn=collate, drop_last=True,
-                      num_workers=config["workers"], pin_memory=device.startswith("cuda"),
-                      generator=torch.Generator().manual_seed(seed + epoch))  # leaves the global RNG alone
+class EpochClips(torch.utils.data.Dataset):
+    """A training set indexed by (epoch, index), so that one DataLoader serves the whole run: its workers start once
+    and keep their own copy of the data set, which a set_epoch in this process would not reach."""
+
+    def __init__(self, clips):
+        self.clips = clips
+
+    def __getitem__(self, key):
+        epoch, index = key
+        if self.clips.epoch != epoch:
+            self.clips.set_epoch(epoch)  # clip offsets and augmentation are drawn from (seed, epoch, index)
+        return self.clips[index]
 
 
-def save_checkpoint(name, step, best_miou):
-    """Write OUT/<name> atomically: the new checkpoint goes to a fresh folder, then one rename of a link."""
+def clip_order(first_step):
+    """This rank's (epoch, clip index) pairs for steps first_step..max_steps-1, each epoch in an order fixed by
+    (seed, epoch): a resumed run reads the same clips as an uninterrupted one."""
+    first_epoch, B = first_step // steps_per_epoch, config["batch_size"]
+    order = []
+    for epoch in range(first_epoch, -(-max_steps // steps_per_epoch)):
+        sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        order += [(epoch, index) for index in list(sampler)[:steps_per_epoch * B]]
+    skip = first_epoch * steps_per_epoch
+    return order[(first_step - skip) * B:(max_steps - skip) * B]
+
+
+def rng_states():
+    """The random number generators' states of every rank: [rank 0's, rank 1's, ...]; a collective under torchrun."""
+    mine = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state(device) if device.startswith("cuda") else None}
+    if not ddp:
+        return [mine]
+    states = [None] * world if master else None
+    dist.gather_object(mine, states, dst=0)
+    return states
+
+
+def save_checkpoint(name, step, best_miou, rng):
+    """Write OUT/<name> atomically: the new checkpoint goes to a fresh folder, then one rename of a link.
+
+    rng: rng_states(), one entry per rank, so that every rank resumes its own random draws."""
     folder = out / f"step-{step:07d}"
     if not folder.exists():
         tmp = out / f".tmp-{folder.name}"
         shutil.rmtree(tmp, ignore_errors=True)
         raw_model.save_pretrained(tmp)
-        torch.save({"optimizer": optimizer.state_dict(), "step": step, "best_miou": best_miou,
-                    "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}},
+        torch.save({"optimizer": optimizer.state_dict(), "step": step, "best_miou": best_miou, "rng": rng},
                    tmp / "train_state.pt")
         tmp.rename(folder)
     link = out / f".{name}.link"
@@ -311,9 +379,9 @@ def write_json_atomically(path, obj):
 
 
 def validate(step):
-    """Every rank scores its share of the validation videos (evaluate shards itself) and gets the scores of all."""
-    results = evaluate(raw_model, val_set, device, amp=config["amp"], progress=False,
-                       max_videos=config["val_videos"] or None)
+    """Validation scores. Under torchrun every rank calls evaluate, which shares the videos out between the ranks
+    and returns the same scores on all of them, so all agree on the best checkpoint; rank 0 logs them."""
+    results = evaluate(raw_model, val_set, device, amp=amp, progress=False, max_videos=config["val_videos"] or None)
     if master:
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "val": {k: v for k, v in results.items() if not isinstance(v, dict)}})
@@ -328,11 +396,12 @@ step, best_miou = 0, -1.0
 if args.resume:
     optimizer.load_state_dict(state["optimizer"])
     step, best_miou = state["step"], state["best_miou"]
-    torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(state["rng"]["numpy"])
-    random.setstate(state["rng"]["python"])
-    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    own = state["rng"][rank]  # this rank's own draws
+    torch.set_rng_state(own["torch"])
+    np.random.set_state(own["numpy"])
+    random.setstate(own["python"])
+    if own["cuda"] is not None and device.startswith("cuda"):
+        torch.cuda.set_rng_state(own["cuda"], device)
 if master:
     if replace_old_run:
         shutil.rmtree(out)
@@ -342,7 +411,7 @@ if master:
         print(f"{root}: no val.txt, so no validation; {out}/best is the last checkpoint", file=sys.stderr)
     write_json_atomically(out / "config.json", config)
 
-stop = False
+stop = False  # set by Ctrl-C; under torchrun acted on at the next check, where the ranks agree
 
 
 def request_stop(signum, frame):  # Ctrl-C: finish the step, save, exit
@@ -351,61 +420,80 @@ def request_stop(signum, frame):  # Ctrl-C: finish the step, save, exit
 
 
 signal.signal(signal.SIGINT, request_stop)
+loader = DataLoader(EpochClips(train_set), batch_size=config["batch_size"], sampler=clip_order(step),
+                    collate_fn=collate, num_workers=config["workers"], pin_memory=device.startswith("cuda"),
+                    generator=torch.Generator().manual_seed(seed))  # leaves the global RNG alone
 model.train()
 pbar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True)
 frames_seen, t0 = 0, time.time()
-while step < max_steps and not stop:
-    epoch = step // steps_per_epoch
-    for batch in loader_for_epoch(epoch, step % steps_per_epoch):
-        lr = learning_rate(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        pixel_values = batch["pixel_values"].to(device, non_blocking=True)  # (B, T, 3, H, W)
-        mask_labels = [m.to(device).float() for m in batch["mask_labels"]]  # B*T x (n, H, W), bool -> float
-        class_labels = [c.to(device) for c in batch["class_labels"]]  # B*T x (n,)
-        with autocast:
-            loss = model(pixel_values, mask_labels=mask_labels, class_labels=class_labels).loss
-        if not torch.isfinite(loss):
-            print(f"error: the loss is {loss.item()} at step {step}; stopping (OUT/last holds the last good "
-                  f"checkpoint)", file=sys.stderr)
-            sys.exit(1)
-        loss.backward()
-        if config["grad_clip"]:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        stop = stop or step == args.stop_at
-        if ddp:  # Ctrl-C may reach the ranks at different steps: all stop at the same one
-            flag = torch.tensor(float(stop), device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = bool(flag.item())
-        frames_seen += pixel_values.shape[0] * pixel_values.shape[1] * world
+recent = []  # this rank's losses since the last check, left on the device: reading one waits for the device
+for batch in loader:
+    lr = learning_rate(step)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    # pinned by the DataLoader on CUDA, so the copies run in the background
+    pixel_values = batch["pixel_values"].to(device, non_blocking=True)  # (B, T, 3, H, W)
+    mask_labels = [m.to(device, non_blocking=True).float() for m in batch["mask_labels"]]  # B*T x (n, H, W)
+    class_labels = [c.to(device, non_blocking=True) for c in batch["class_labels"]]  # B*T x (n,)
+    with autocast:
+        loss = model(pixel_values, mask_labels=mask_labels, class_labels=class_labels).loss
+    recent.append(loss.detach())
+    loss.backward()
+    if config["grad_clip"]:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    step += 1
+    frames_seen += pixel_values.shape[0] * pixel_values.shape[1] * world
+    pbar.update(1)
 
+    evaluate_now = step == max_steps or (config["eval_every"] and step % config["eval_every"] == 0)
+    save_now = evaluate_now or step == args.stop_at or step % steps_per_epoch == 0
+    # The host waits for the device only at checks: at log steps, before validating or saving, and (one process) on
+    # Ctrl-C. Under torchrun the checks fall on the same steps on every rank, so that all stop at the same one.
+    if not (save_now or step % config["log_every"] == 0 or (stop and not ddp)):
+        continue
+    losses = torch.stack(recent).float()
+    weights_finite = torch.stack([p.isfinite().all() for p in raw_model.parameters()]).all()
+    flags = torch.stack([torch.tensor(stop or step == args.stop_at, device=device), ~losses.isfinite().all(),
+                         ~weights_finite]).float()
+    if ddp:  # Ctrl-C and a non-finite loss can reach the ranks at different steps: all act on them at this one
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    stop_flag, bad_loss, bad_weights, *values = torch.cat([flags, losses]).tolist()
+    stop, recent = bool(stop_flag), []
+    if bad_loss or bad_weights:  # exit before spoiled weights are saved (between checks they fail the matching)
+        bad = [(step - len(values) + 1 + i, v) for i, v in enumerate(values) if not math.isfinite(v)]
+        if bad or master:
+            what = (f"the loss is {bad[0][1]} at step {bad[0][0]}" if bad else
+                    f"the weights are not finite after step {step}" if bad_weights else
+                    f"another process's loss is not finite by step {step}")
+            print(f"error: {what}; stopping (OUT/last holds the last good checkpoint)", file=sys.stderr)
+        sys.exit(1)
+    if master:
+        fps = frames_seen / (time.time() - t0)
+        pbar.set_postfix(loss=f"{values[-1]:.3f}", lr=f"{lr:.2e}", fps=f"{fps:.1f}")
+        if step % config["log_every"] == 0 or step == max_steps:
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, "loss": values[-1], "lr": lr, "frames_per_s": fps}) + "\n")
+    if not (save_now or stop):
+        continue
+    results = validate(step) if evaluate_now and val_set is not None else None
+    rng = rng_states()  # after validation: the states an uninterrupted run goes on with
+    if results is not None:
         if master:
-            fps = frames_seen / (time.time() - t0)
-            pbar.update(1)
-            pbar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", fps=f"{fps:.1f}")
-            if step % config["log_every"] == 0 or step == max_steps:
-                with open(out / "log.jsonl", "a") as f:
-                    f.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr, "frames_per_s": fps}) + "\n")
-        evaluate_now = step == max_steps or (config["eval_every"] and step % config["eval_every"] == 0)
-        results = validate(step) if evaluate_now and val_set is not None else None  # on every rank
-        if master and (evaluate_now or stop or step % steps_per_epoch == 0):
-            if results is not None:
-                model.train()
-                miou = results["miou"]
-                pbar.write(f"step {step}: validation " + summary(results))
-                if miou > best_miou:
-                    best_miou = miou
-                    save_checkpoint("best", step, best_miou)
-            save_checkpoint("last", step, best_miou)
-            if val_set is None:
-                save_checkpoint("best", step, best_miou)  # nothing to validate on: the best is the last
-        if ddp:
-            dist.barrier()
-        if step == max_steps or stop:
-            break
+            pbar.write(f"step {step}: validation " + summary(results))
+        if results["miou"] > best_miou:
+            best_miou = results["miou"]
+            if master:
+                save_checkpoint("best", step, best_miou, rng)
+    if master:
+        save_checkpoint("last", step, best_miou, rng)
+        if val_set is None:
+            save_checkpoint("best", step, best_miou, rng)  # nothing to validate on: the best is the last
+    if ddp:
+        dist.barrier()  # the others wait here while rank 0 writes
+    if stop:
+        break
 pbar.close()
 
 if master:

@@ -45,7 +45,8 @@ from scipy.optimize import linear_sum_assignment
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: the repository's modules
 import data  # noqa: E402
 import qshift  # noqa: E402
-from evaluate import _first_line, _json_safe, _mean_std, fail  # noqa: E402
+from cli import fail, first_line  # noqa: E402
+from evaluate import _json_safe, _mean_std  # noqa: E402
 
 MIN_PIXELS = 8  # a query must own this many pixels of an object to cover it (the objects have ~200-800 pixels)
 PAIRINGS = ("Eq. 2 (queries)", "identity", "masks", "oracle")
@@ -220,7 +221,7 @@ def main(argv=None):
         try:
             model = qshift.QShiftMaskFormer.from_pretrained(checkpoint, shift_div=0)  # the plain image model
         except Exception as e:  # a broken checkpoint fails in many ways: json, safetensors, config, shapes
-            fail(f"{checkpoint}: cannot load ({_first_line(e)})")
+            fail(f"{checkpoint}: cannot load ({first_line(e)})")
         num_labels = model.model.config.num_labels
         if num_labels != dataset.num_classes:
             fail(f"{checkpoint}: {num_labels} classes; the synthetic world has {dataset.num_classes}")

@@ -64,21 +64,58 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path):
     assert os.readlink(tmp_path / "split" / "last") == os.readlink(tmp_path / "split" / "best") == "step-0000006"
 
 
-def test_ddp_with_two_gloo_processes(tmp_path):
-    out = tmp_path / "ddp"
+def torchrun(processes, *flags, out):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             str(ROOT / "train.py"), "--out", str(out), *SMALL, "--max-steps", "3", "--device", "cpu"],
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                             str(processes), str(ROOT / "train.py"), "--out", str(out), *flags],
                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_ddp_with_two_gloo_processes_validates_saves_every_rank_rng_and_resumes(tmp_path):
+    # DDP runs without find_unused_parameters: were a parameter left out of the loss and not frozen, step 2 would fail
+    out = tmp_path / "ddp"
+    result = torchrun(2, *SMALL, "--max-steps", "3", "--eval-every", "2", "--stop-at", "2", "--device", "cpu", out=out)
+    printed = json.loads(result.stdout[:result.stdout.index("\n}\n") + 2])  # the resolved configuration
+    assert printed["backend"] == "gloo" and printed["world_size"] == 2
+    assert printed["frozen"] == ["model.model.pixel_level_module.encoder.model.layernorm.weight",
+                                 "model.model.pixel_level_module.encoder.model.layernorm.bias"]
     assert json.loads((out / "config.json").read_text())["data"] == "synthetic"
-    assert sorted(losses(out)) == [1, 2, 3]  # only rank 0 writes
+    rng = torch.load(out / "last" / "train_state.pt", weights_only=False)["rng"]
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])  # each rank its own draws
+
+    torchrun(2, "--resume", out=out)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in log if "loss" in line] == [1, 2, 3]  # only rank 0 writes
+    assert [line["step"] for line in log if "val" in line] == [2, 3]
     assert torch.load(out / "last" / "train_state.pt", weights_only=False)["step"] == 3
+
+    expect_error(train("--resume", out=out, check=False), "--resume", "2 process(es)", "this one has 1")
+
+
+def test_a_diverging_run_stops_before_saving_spoiled_weights(tmp_path):
+    out = tmp_path / "diverged"
+    result = train(*SMALL, "--max-steps", "4", "--lr", "1e3", "--warmup", "0", out=out, check=False)
+    assert result.returncode == 1
+    error = result.stderr[result.stderr.index("error: "):].splitlines()[0]  # after the progress bar's \r
+    assert error.endswith("; stopping (OUT/last holds the last good checkpoint)") and "not finite" in error, error
+    assert not (out / "last").exists() and not list(out.glob("step-*"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_cuda_training_step_with_amp(tmp_path):
     train(*SMALL, "--max-steps", "2", "--device", "cuda", "--amp", out=tmp_path / "cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_torchrun_one_process_with_nccl_validates_and_resumes(tmp_path):
+    out = tmp_path / "nccl"
+    result = torchrun(1, *SMALL, "--max-steps", "3", "--eval-every", "2", "--stop-at", "2", "--amp", out=out)
+    assert '"backend": "nccl"' in result.stdout
+    torchrun(1, "--resume", out=out)
+    assert sorted(losses(out)) == [1, 2, 3]
+    assert torch.load(out / "last" / "train_state.pt", weights_only=False)["rng"][0]["cuda"] is not None
 
 
 def expect_error(result, *words):
@@ -102,6 +139,8 @@ def test_bad_input_gets_one_line_and_exit_status_2(tmp_path):
     (corrupt / "step-0000001" / "train_state.pt").write_bytes(b"not a checkpoint")
     (corrupt / "last").symlink_to("step-0000001")
     expect_error(train("--resume", out=corrupt, check=False), "corrupt")
+    torch.save({"step": 1, "rng": {"torch": torch.get_rng_state()}}, corrupt / "step-0000001" / "train_state.pt")
+    expect_error(train("--resume", out=corrupt, check=False), "older train.py")  # one random state for all ranks
 
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "config.json").write_text("{}")
