@@ -40,7 +40,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", help="cpu or cuda[:i] (default: cuda when present, else cpu)")
     parser.add_argument("--threads", type=positive, default=len(os.sched_getaffinity(0)), help="CPU cores to use")
     parser.add_argument("--frames", type=positive, default=16, help="frames per clip for the cost figures")
-    parser.add_argument("--size", type=positive, help="frame height and width of the cost figures (CUDA: 480, CPU: 256)")
+    parser.add_argument("--size", type=positive, help="frame height and width of the cost figures (CUDA 480, CPU 256)")
     parser.add_argument("--repeats", type=positive, default=6, help="timed runs of each variant")
     parser.add_argument("--mem-frames", type=positive, nargs=2, default=[16, 128], help="the two video lengths")
     parser.add_argument("--mem-size", type=positive, default=128, help="frame height and width for the memory figures")
@@ -78,17 +78,20 @@ import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
-from transformers import DetrConfig, MaskFormerConfig, SwinConfig  # noqa: E402
+from transformers import DetrConfig, Mask2FormerConfig, MaskFormerConfig, SwinConfig  # noqa: E402
 
 import data  # noqa: E402
 import evaluate  # noqa: E402
 import qshift  # noqa: E402
 
 
-def swin_tiny_config():
-    """The architecture of facebook/maskformer-swin-tiny-ade (150 ADE20K classes), to build with random weights."""
+def swin_tiny_config(family="maskformer"):
+    """The architecture of facebook/maskformer-swin-tiny-ade (150 ADE20K classes), or with family="mask2former" of
+    facebook/mask2former-swin-tiny-ade-semantic, to build with random weights."""
     backbone = SwinConfig(image_size=224, patch_size=4, embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
                           window_size=7, drop_path_rate=0.3, out_features=["stage1", "stage2", "stage3", "stage4"])
+    if family == "mask2former":  # HF's defaults are that checkpoint's: 100 queries of 256 channels, 10 layers
+        return Mask2FormerConfig(backbone_config=backbone, num_labels=150)
     decoder = DetrConfig(d_model=256, decoder_layers=6, decoder_attention_heads=8, decoder_ffn_dim=2048,
                          num_queries=100)
     return MaskFormerConfig(backbone_config=backbone, decoder_config=decoder, fpn_feature_size=256,
@@ -139,13 +142,22 @@ def side_by_side(fa, fb, repeats, device, warmup=1):
 # 1. cost of shift and matching
 
 
-def variants(config, device):
+SHIFTED = [  # (name, settings) of the models measured against the frame-by-frame one; the paper's setting first
+    ("shift 1/16 + matching", dict(shift_div=16, match=True)),
+    ("shift 1/16, queries matched by masks", dict(shift_div=16, match_by="masks")),
+    ("shift 1/16 at pixels", dict(shift_div=16, shift_at=["pixels"])),
+    ("shift 1/16 at backbone", dict(shift_div=16, shift_at=["backbone"])),
+    ("shift 1/16 at queries + pixels, matching", dict(shift_div=16, shift_at=["queries", "pixels"])),
+]
+
+
+def variants(config, device, shifted=SHIFTED):
     """The models compared, as (name, model) pairs: first the frame-by-frame image model, the baseline; then the
-    models measured against it, which share its weights."""
+    `shifted` ones measured against it, which share its weights."""
     torch.manual_seed(0)
     frame_by_frame = qshift.build_model(config, shift_div=0).to(device)
-    return [("frame by frame (shift 0)", frame_by_frame),
-            ("shift 1/16 + matching", qshift.QShiftMaskFormer(frame_by_frame.model, shift_div=16, match=True))]
+    return [("frame by frame (shift 0)", frame_by_frame)] + \
+        [(name, qshift.QShiftSegmenter(frame_by_frame.model, **settings)) for name, settings in shifted]
 
 
 def model_cost(models, frames, size, repeats, device, amp=False):
@@ -191,7 +203,8 @@ def model_cost(models, frames, size, repeats, device, amp=False):
         for row, (_, model) in zip(rows, models):
             row[f"{key}_fps"] = frames / (row[f"{key}_ms"] / 1e3)
             row[f"{key}_peak_mib"] = peak_memory(lambda: run(model), device)
-    q = torch.randn(1, frames, config.decoder_config.num_queries, config.decoder_config.d_model, device=device)
+    Q, C = base.model.model.transformer_module.queries_embedder.weight.shape  # both families
+    q = torch.randn(1, frames, Q, C, device=device)
     qshift.match_queries(q)  # warm-up
     match_ms = 1e3 * statistics.median(timed(lambda: qshift.match_queries(q), device) for _ in range(10))
     for row, (_, model) in zip(rows, models):
@@ -209,11 +222,12 @@ def _status_bytes(key):
         return 1024 * next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
 
-def memory_case(mode, frames, size, config, device, amp=False):
-    """Run in a fresh process: build the model, run one video of `frames` random frames streamed ("stream") or as
-    one clip ("clip"), and return its peak memory above the built model, in MiB. amp: bf16 autocast."""
+def memory_case(mode, frames, size, config, device, amp=False, settings=None):
+    """Run in a fresh process: build the model (qshift settings: the paper's by default), run one video of `frames`
+    random frames streamed ("stream") or as one clip ("clip"), and return its peak memory above the built model, in
+    MiB. amp: bf16 autocast."""
     torch.set_num_threads(1)  # threads change the time, not the memory
-    model = qshift.build_model(config).to(device).eval()
+    model = qshift.build_model(config, **(settings or {})).to(device).eval()
     gen = torch.Generator().manual_seed(0)
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
@@ -242,20 +256,19 @@ def memory_case(mode, frames, size, config, device, amp=False):
     return (_status_bytes("VmHWM") - start) / 2**20
 
 
-def memory(config, frame_counts, size, device, amp=False):
-    """Peak MiB of whole-video inference for the two video lengths, streamed and as one clip, each case in a fresh
-    process forked from one that has only imported the modules, all four at once."""
+def memory(config, frame_counts, size, device, amp=False, settings=None, modes=("stream", "clip")):
+    """Peak MiB of whole-video inference for the two video lengths, streamed and as one clip (or the `modes` given),
+    each case in a fresh process forked from one that has only imported the modules, all at once."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["qshift", "evaluate"])  # imported once, not once per case
-    with ProcessPoolExecutor(4, mp_context=context, max_tasks_per_child=1) as pool:
-        runs = {(mode, n): pool.submit(memory_case, mode, n, size, config, device, amp)
-                for mode in ("stream", "clip") for n in frame_counts}
+    with ProcessPoolExecutor(2 * len(modes), mp_context=context, max_tasks_per_child=1) as pool:
+        runs = {(mode, n): pool.submit(memory_case, mode, n, size, config, device, amp, settings)
+                for mode in modes for n in frame_counts}
         peak = {case: run.result() for case, run in runs.items()}
     short, long = frame_counts
-    return {"stream_mib_short": peak["stream", short], "stream_mib_long": peak["stream", long],
-            "stream_ratio": peak["stream", long] / peak["stream", short],
-            "clip_mib_short": peak["clip", short], "clip_mib_long": peak["clip", long],
-            "clip_ratio": peak["clip", long] / peak["clip", short]}
+    return {figure: value for mode in modes for figure, value in (
+        (f"{mode}_mib_short", peak[mode, short]), (f"{mode}_mib_long", peak[mode, long]),
+        (f"{mode}_ratio", peak[mode, long] / peak[mode, short]))}
 
 
 # -----------------------------------------------------------------------------
@@ -335,13 +348,26 @@ def model_figures(models, match_ms):
             "match_pct": shifted["match_pct"]}
 
 
-def collect(args, config):
-    """Every figure, {key: value}, and model_cost's dict per model."""
-    models, match_ms = model_cost(variants(config, args.device), args.frames, args.size, args.repeats, args.device,
-                                  args.amp)
-    figures = {**model_figures(models, match_ms), **memory(config, args.mem_frames, args.mem_size, args.device,
-                                                           args.amp), **data_speed(args.clips), **metrics_speed()}
-    return figures, models
+STREAMED = {  # figure key -> the settings whose streamed memory is measured besides the paper's
+    "pixels": dict(shift_at=["pixels"]), "backbone": dict(shift_at=["backbone"]),
+    "masks": dict(match_by="masks"), "backbone_queries": dict(shift_at=["backbone", "queries"])}
+
+
+def collect(args, config, m2f_config, clip_len=16, metric_repeats=25):
+    """Every figure, {key: value}, and model_cost's dict per model (MaskFormer's, then Mask2Former's)."""
+    cost = (args.frames, args.size, args.repeats, args.device, args.amp)
+    models, match_ms = model_cost(variants(config, args.device), *cost)
+    m2f, _ = model_cost(variants(m2f_config, args.device, SHIFTED[:1]), *cost)
+    video = (args.mem_frames, args.mem_size, args.device, args.amp)
+    figures = {**model_figures(models, match_ms), **memory(config, *video), **data_speed(args.clips, clip_len),
+               **metrics_speed(metric_repeats)}
+    for key, settings in STREAMED.items():
+        figures[f"stream_ratio_{key}"] = memory(config, *video, settings, modes=("stream",))["stream_ratio"]
+    figures.update(m2f_forward_ratio=m2f[1]["forward_ratio"], m2f_train_step_ratio=m2f[1]["train_step_ratio"],
+                   m2f_stream_ratio=memory(m2f_config, *video, modes=("stream",))["stream_ratio"])
+    for model in m2f:
+        model["name"] = "Mask2Former, " + model["name"]
+    return figures, models + m2f
 
 
 def rows(args):
@@ -358,13 +384,19 @@ def rows(args):
             ("stream_mib_short", f"streamed inference, {short} frames at {video} (MiB)", None),
             ("stream_mib_long", f"streamed inference, {long} frames (MiB)", None),
             ("stream_ratio", f"streamed inference memory, {long} / {short} frames", ("<=", 1.1)),
+            *[(f"stream_ratio_{key}", f"the same, {key.replace('_', ' + ')} shifted" if key != "masks" else
+               "the same, queries matched by masks", ("<=", 1.1)) for key in STREAMED],
             ("clip_mib_short", f"as one clip (model forward alone), {short} frames (MiB)", None),
             ("clip_mib_long", f"as one clip, {long} frames (MiB)", None),
             ("clip_ratio", f"as one clip memory, {long} / {short} frames", None),
             ("data_clips_per_s", "16-frame 480p training clips per second, 1 loader worker", (">=", 10)),
             ("data_ms_per_clip", "one clip in one process (ms)", None),
             ("metrics_ms", "SegMetrics.update, 1 core (ms per 480x853 frame, 124 classes)", ("<=", 2)),
-            ("metrics_baseline_ms", "masked bincount, boolean indexing (ms per frame)", None)]
+            ("metrics_baseline_ms", "masked bincount, boolean indexing (ms per frame)", None),
+            ("m2f_forward_ratio", f"Mask2Former: forward time, shift+matching / frame-by-frame ({clip})",
+             ("<=", 1.01)),
+            ("m2f_train_step_ratio", "Mask2Former: training step time, shift+matching / frame-by-frame", ("<=", 1.02)),
+            ("m2f_stream_ratio", f"Mask2Former: streamed inference memory, {long} / {short} frames", ("<=", 1.1))]
 
 
 def machine(args):
@@ -420,7 +452,7 @@ def markdown(rep):
 
 
 def settle_device(args):
-    """Fill in what depends on the device: the device itself, the frame size and bf16 (parse_args runs without torch)."""
+    """Fill in what depends on the device: the device, the frame size and bf16 (parse_args runs without torch)."""
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         fail(f"--device {args.device}: CUDA is not available on this machine")
@@ -437,7 +469,7 @@ def main(args):
     transformers.logging.set_verbosity_error()
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as train.py
-    rep = report(args, *collect(args, swin_tiny_config()))
+    rep = report(args, *collect(args, swin_tiny_config(), swin_tiny_config("mask2former")))
     print(json.dumps(rep, indent=2) if args.json else markdown(rep))
 
 

@@ -16,14 +16,11 @@ TINY = ["--frames", "2", "--size", "64", "--repeats", "2", "--mem-frames", "2", 
 def report():
     """The report of a bench run with a tiny model, tiny clips and 2-frame data clips."""
     args = bench.settle_device(bench.parse_args(TINY + ["--threads", "1"]))
-    config = qshift.tiny_config(5)
+    config = qshift.tiny_config(5, embed_dim=32)  # backbone maps of 32..256 channels: 1/16 of each is even
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two threads crawl when other jobs share the two cores
-    models, match_ms = bench.model_cost(bench.variants(config, args.device), args.frames, args.size, args.repeats,
-                                        args.device, args.amp)
-    figures = {**bench.model_figures(models, match_ms),
-               **bench.memory(config, args.mem_frames, args.mem_size, args.device),
-               **bench.data_speed(args.clips, clip_len=2), **bench.metrics_speed(repeats=2)}
+    figures, models = bench.collect(args, config, qshift.tiny_config(5, embed_dim=32, family="mask2former"),
+                                    clip_len=2, metric_repeats=2)
     torch.set_num_threads(threads)
     return bench.report(args, figures, models)
 
@@ -38,8 +35,11 @@ def test_every_figure_is_a_positive_finite_number(report):
 
 
 def test_every_model_gets_speeds_and_ratios_to_the_first(report):
-    base, shifted = report["models"]
-    assert base["name"].startswith("frame by frame") and shifted["name"].startswith("shift 1/16")
+    names = [model["name"] for model in report["models"]]
+    assert names == ["frame by frame (shift 0)", *(name for name, _ in bench.SHIFTED),
+                     "Mask2Former, frame by frame (shift 0)", "Mask2Former, shift 1/16 + matching"]
+    base, shifted = report["models"][:2]
+    assert report["models"][-1]["forward_ratio"] == report["figures"]["m2f_forward_ratio"]["value"]
     assert base["forward_ratio"] == base["train_step_ratio"] == 1.0 and base["match_pct"] is None
     for model in report["models"]:
         for key in ("forward", "train_step"):
@@ -51,7 +51,8 @@ def test_every_model_gets_speeds_and_ratios_to_the_first(report):
 
 
 def test_bf16_autocast_runs_on_the_cpu():  # matching computes its similarities in float32 under autocast
-    models, _ = bench.model_cost(bench.variants(qshift.tiny_config(5), "cpu"), 2, 32, 1, "cpu", amp=True)
+    models, _ = bench.model_cost(bench.variants(qshift.tiny_config(5), "cpu", bench.SHIFTED[:1]), 2, 32, 1, "cpu",
+                                 amp=True)
     assert all(math.isfinite(m["train_step_ms"]) and m["train_step_ms"] > 0 for m in models)
 
 
@@ -68,7 +69,7 @@ def test_markdown_tables_have_a_row_per_figure_and_per_model(report):
     lines = bench.markdown(report).splitlines()
     rows = [line for line in lines if line.startswith("| ") and not line.startswith(("| figure", "| model"))]
     assert len(rows) == len(report["figures"]) + len(report["models"])
-    assert rows[-1].startswith("| shift 1/16 + matching | ") and rows[-1].endswith(" | – | – |")  # no CPU peak
+    assert rows[-1].startswith("| Mask2Former, shift 1/16 + matching | ") and rows[-1].endswith(" | – | – |")
     assert any(line.startswith("machine: ") and "torch" in line for line in lines)
     assert "**no**" in bench.markdown(bench.report(bench.parse_args(TINY), {
         **{key: row["value"] for key, row in report["figures"].items()}, "metrics_ms": 3.0}))
@@ -92,7 +93,8 @@ def test_cuda_defaults_are_the_papers_clip_in_bf16():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_cuda_model_cost_and_memory_on_the_device_given():
     device = f"cuda:{torch.cuda.device_count() - 1}"  # with several GPUs, one that is not the current device
-    models, _ = bench.model_cost(bench.variants(qshift.tiny_config(5), device), 2, 64, 2, device, amp=True)
+    config = qshift.tiny_config(5, embed_dim=32)
+    models, _ = bench.model_cost(bench.variants(config, device), 2, 64, 2, device, amp=True)
     for model in models:
         assert 0 < model["forward_peak_mib"] < model["train_step_peak_mib"]  # training adds gradients, AdamW state
     memory = bench.memory(qshift.tiny_config(5), [2, 6], 64, device, amp=True)
