@@ -47,6 +47,14 @@ def test_a_short_run_learns_and_writes_loadable_checkpoints(tmp_path):
     state = torch.load(out / "last" / "train_state.pt", weights_only=False)
     assert state["step"] == 40
     assert not list(out.glob(".tmp-*")), "a temporary checkpoint was left behind"
+    # weight decay on the 2-d weights of linear and conv layers only: the learned queries and Swin's relative position
+    # bias tables are exempt (norms and biases are 1-d), the mask embedder's Linear weights are not
+    decayed, exempt = state["optimizer"]["param_groups"]
+    weights = [n for n, p in model.named_parameters() if p.dim() >= 2]
+    embeddings = [n for n in weights if "queries_embedder" in n or "relative_position_bias_table" in n]
+    assert any("mask_embedder" in n for n in weights) and len(embeddings) > 1
+    assert (decayed["weight_decay"], exempt["weight_decay"]) == (0.05, 0.0)
+    assert len(decayed["params"]) == len(weights) - len(embeddings)
 
 
 def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path):
