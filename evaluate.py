@@ -535,7 +535,8 @@ NOT_SETTINGS = {"seed", "out", "root", "device", "workers", "log_every", "shift"
 
 def train_settings(run_dir):
     """The settings the run in run_dir was trained with: its config.json less NOT_SETTINGS, {} without one. A model
-    that is another run's checkpoint stands for that run's settings, so that fine-tunes of per-seed models compare."""
+    that is another run's checkpoint stands for that run's settings (its config.json is enough: the experiment keeps
+    the configs and evaluations, not the weights), so that fine-tunes of per-seed models compare."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         return {}
@@ -547,7 +548,7 @@ def train_settings(run_dir):
         fail(f"--table {run_dir}: {path} is not a run's config written by train.py")
     settings = {k: v for k, v in config.items() if k not in NOT_SETTINGS}
     model = Path(str(settings.get("model")))
-    if model.is_dir() and (model.parent / "config.json").is_file() and model.parent.resolve() != path.parent.resolve():
+    if (model.parent / "config.json").is_file() and model.parent.resolve() != path.parent.resolve():  # its run's
         settings["model"] = train_settings(model.parent)
     return settings
 
@@ -565,6 +566,8 @@ def _settings(run):
     settings (matching, causal, ...) change nothing: they are left out."""
     model = {k: v for k, v in run.items() if k not in EVALUATION_KEYS}
     train = {k: v for k, v in _flat(run.get("train", {})).items() if k not in model}
+    if not model.get("match"):
+        model.pop("match_by", None)  # what would have been matched by, had matching run
     return train, (model if model["shift_div"] else {"shift_div": 0})
 
 
@@ -607,7 +610,7 @@ def results_table(runs):
         return (s["shift_div"] != 0, where != ["queries"], len(where), where, s.get("match_by", "queries"),
                 -s["shift_div"], bool(s.get("causal")), bool(s.get("match")), values)
 
-    metrics = ["mvc8"] + (["hidden_miou", "hidden_acc"] if synthetic else [])
+    metrics = ["mvc8"] + (["hidden_miou", "hidden_acc", "visible_acc"] if synthetic else [])
     header = ["shift fraction", "channels", "matching"] + (["causal"] if causal else []) + varying + \
         [TITLES["miou"], TITLES["pixel_acc"], f"Δ {TITLES['miou']}", f"Δ {TITLES['pixel_acc']}"] + \
         [TITLES[m] for m in metrics] + ["runs"]

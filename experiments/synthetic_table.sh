@@ -7,14 +7,16 @@
 #   2. per seed: fine-tune every row of ROWS from its last checkpoint for FINETUNE_STEPS steps (1440: 15 epochs)
 #   3. evaluate every fine-tuned model's last checkpoint (no selection on the validation set) on the fixed validation
 #      world, whole 24-frame videos, and tabulate mean ± std over the seeds.
-# Each run is skipped once its evaluation exists, so an interrupted table resumes where it stopped (runs are
-# deterministic on the CPU); rows run in the order given, the most telling first, each for every seed.
+# Each run's config.json and evaluation are kept in RESULTS (committed: the table is made from them), and a run found
+# there is skipped, so the table resumes where it stopped, in another sitting too (runs are deterministic on the CPU;
+# the image models are retrained if OUT is gone). Rows run in the order given, the most telling first, every seed.
 #
-#   bash experiments/synthetic_table.sh          # SEEDS="0 1 2" JOBS=2 OUT=runs/t1440 MODEL=tiny FINETUNE_STEPS=1440
-#   MODEL=tiny-mask2former OUT=runs/m2f ROWS="..." bash experiments/synthetic_table.sh      # the Mask2Former rows
+#   bash experiments/synthetic_table.sh       # SEEDS="0 1 2" JOBS=2 OUT=runs/t1440 RESULTS=experiments/t1440 MODEL=tiny
+#   MODEL=tiny-mask2former OUT=runs/m2f RESULTS=experiments/m2f ROWS="..." bash experiments/synthetic_table.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/t1440}
+RESULTS=${RESULTS:-experiments/t1440}
 SEEDS=${SEEDS:-"0 1 2"}
 JOBS=${JOBS:-2}            # runs at once; each uses one thread, which beats two threads a run on small models
 MODEL=${MODEL:-tiny}
@@ -52,25 +54,36 @@ start=$(date +%s)
 base() {  # seed
   [ -e "$OUT/seed$1/base/last" ] || python train.py --model "$MODEL" --shift 0 --seed "$1" --max-steps "$BASE_STEPS" \
     --out "$OUT/seed$1/base" --overwrite > "$OUT/seed$1-base.log" 2>&1
+  mkdir -p "$RESULTS/seed$1/base" && cp "$OUT/seed$1/base/config.json" "$RESULTS/seed$1/base/"
+}
+record() {  # seed name: the run's evaluation and config.json, its model pointing at the kept image model's config
+  mkdir -p "$RESULTS/seed$1/$2"
+  cp "$OUT/seed$1/$2"/eval-*val.json "$RESULTS/seed$1/$2/"
+  python -c 'import json, sys; c = json.load(open(sys.argv[1])); c["model"] = sys.argv[3]
+open(sys.argv[2], "w").write(json.dumps(c, indent=2) + "\n")' "$OUT/seed$1/$2/config.json" \
+    "$RESULTS/seed$1/$2/config.json" "$RESULTS/seed$1/base/last"
 }
 finetune() {  # seed placement shift matching [causal]; train.py only glances at val (4 videos): evaluate.py scores all
   local name="$2-shift$3-$4${5:+-$5}" matching
-  local run="$OUT/seed$1/${name//,/+}"
-  compgen -G "$run/eval-*val.json" > /dev/null && return
+  name=${name//,/+}
+  local run="$OUT/seed$1/$name"
+  compgen -G "$RESULTS/seed$1/$name/eval-*val.json" > /dev/null && return
+  compgen -G "$run/eval-*val.json" > /dev/null && { record "$1" "$name"; return; }
   case "$4" in match) matching=(--match --match-by queries);; masks) matching=(--match --match-by masks);;
                *) matching=(--no-match);; esac
   python train.py --model "$OUT/seed$1/base/last" --shift-at "$2" --shift "$3" "${matching[@]}" \
     --"${5:-no-causal}" --seed "$1" --max-steps "$FINETUNE_STEPS" --val-videos 4 \
     --out "$run" --overwrite > "$run.log" 2>&1
   python evaluate.py --checkpoint "$run/last" --data synthetic >> "$run.log" 2>&1
+  record "$1" "$name"
 }
-export -f base finetune
-export OUT MODEL BASE_STEPS FINETUNE_STEPS
+export -f base record finetune
+export OUT RESULTS MODEL BASE_STEPS FINETUNE_STEPS
 
 for seed in $SEEDS; do mkdir -p "$OUT/seed$seed"; echo "$seed"; done | xargs -P "$JOBS" -I{} bash -c 'base {}'
 echo "image models done in $(( ($(date +%s) - start) / 60 )) min"
 while read -r row; do
   for seed in $SEEDS; do echo "$seed $row"; done
 done <<< "$ROWS" | xargs -P "$JOBS" -L1 bash -c 'finetune $0 $1 $2 $3 $4'
-python evaluate.py --table "$OUT"/seed*/*shift*/ --out "$OUT/table.md"
+python evaluate.py --table "$RESULTS"/seed*/*shift*/ --out "$RESULTS/table.md"
 echo "all done in $(( ($(date +%s) - start) / 60 )) min"
