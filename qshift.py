@@ -452,8 +452,9 @@ def tiny_config(num_labels, hidden_size=64, num_queries=20, embed_dim=16, decode
                             mask_feature_size=mask_feature_size, **labels)
 
 
-def build_model(config, shift_div=16, match=True, causal=False, **settings):
-    """A randomly initialised QShiftSegmenter from an HF MaskFormerConfig or Mask2FormerConfig.
+def build_model(config, *args, **settings):
+    """A randomly initialised QShiftSegmenter from an HF MaskFormerConfig or Mask2FormerConfig; the other arguments
+    are QShiftSegmenter's (shift_div, match, causal, shift_at, match_by), with its defaults.
 
     The learned query embeddings are drawn from N(0, 1), as in DETR: with HF's default std of 0.02 the queries of a
     model trained from scratch stay nearly identical and every pixel ends up with one class.
@@ -462,4 +463,4 @@ def build_model(config, shift_div=16, match=True, causal=False, **settings):
     for name in ("queries_embedder", "queries_features"):  # Mask2Former learns both the queries and their positions
         if hasattr(model.model.transformer_module, name):
             nn.init.normal_(getattr(model.model.transformer_module, name).weight, std=1.0)
-    return QShiftSegmenter(model, shift_div, match, causal, **settings)
+    return QShiftSegmenter(model, *args, **settings)
