@@ -367,11 +367,12 @@ def stream_logits(model, frames, chunk=8, amp=False):
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
 
-    def features():  # backbone maps of `chunk` frames at a time
+    def features():  # backbone maps of `chunk` frames at a time; never yield inside autocast: it would leak out
         frame_iter = iter(frames)
         while batch := list(itertools.islice(frame_iter, chunk)):
             with autocast:
-                yield model.backbone(torch.stack(batch).to(device))
+                maps = model.backbone(torch.stack(batch).to(device))
+            yield maps
 
     def decoded(batches):
         for maps in batches:
