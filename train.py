@@ -1,10 +1,12 @@
 """
-Train MaskFormer with shifted and matched queries on video clips (the paper's Sec. 4.2.1).
+Train MaskFormer (or Mask2Former) with shifted and matched queries on video clips (the paper's Sec. 4.2.1).
 
     python train.py                                         # built-in synthetic set, tiny model, CPU, minutes
     python train.py --data vspw --root data/VSPW_480p --shift 16 --match
     python train.py --data cityscapes-vps --root data/cityscapes-vps --shift 32 --match
     python train.py --data vspw --root data/VSPW_480p --shift 0            # the frame-by-frame baseline
+    python train.py --data vspw --root data/VSPW_480p --shift 8 --shift-at pixels          # beyond the paper
+    python train.py --data vspw --root data/VSPW_480p --model facebook/mask2former-swin-tiny-ade-semantic
     python train.py --data clips --root my_videos --model tiny --max-steps 200   # your own videos (see data.py)
 
 Several GPUs (DistributedDataParallel, one process per GPU):
