@@ -607,8 +607,9 @@ def results_table(runs):
         values = [(0, s[name]) if isinstance(s.get(name), (int, float)) else (1, json.dumps(s.get(name)))
                   for name in varying]  # numbers by value, before the rest
         where = s.get("shift_at", ["queries"])
-        return (s["shift_div"] != 0, where != ["queries"], len(where), where, s.get("match_by", "queries"),
-                -s["shift_div"], bool(s.get("causal")), bool(s.get("match")), values)
+        by_masks = s.get("match_by", "queries") != "queries"
+        return (s["shift_div"] != 0, where != ["queries"], len(where), where, by_masks, -s["shift_div"],
+                bool(s.get("causal")), bool(s.get("match")), values)
 
     metrics = ["mvc8"] + (["hidden_miou", "hidden_acc", "visible_acc"] if synthetic else [])
     header = ["shift fraction", "channels", "matching"] + (["causal"] if causal else []) + varying + \
