@@ -423,8 +423,8 @@ def evaluate(model, dataset, device=None, clip_len=None, amp=False, progress=Tru
     score it: returns Scores.results.
 
     Whole videos run as one clip each (memory bounded by a few chunks of frames, see qshift.stream_logits), or as
-    independent clips of clip_len frames. device: where the model and metrics run (default: the model's device); amp: bf16
-    autocast. save_predictions: a folder for DIR/<video>/<frame>.png in raw ids; visualize: a folder for
+    independent clips of clip_len frames. device: where the model and metrics run (default: the model's device);
+    amp: bf16 autocast. save_predictions: a folder for DIR/<video>/<frame>.png in raw ids; visualize: a folder for
     <video>.png pictures of the first num_vis videos. Frames are read and PNGs written by two threads while the
     model runs. The model's train/eval mode is restored afterwards.
 
