@@ -98,12 +98,12 @@ def match_queries(q):
 
     q: (B, T, Q, D), any per-query features (the decoded queries for Eq. 2). Returns perm: LongTensor (B, T, Q) on
     q's device, perm[:, 0] = arange(Q). All (B, T-1) similarity matrices are computed at once on q's device, then
-    moved to the CPU in one transfer.
+    moved to the CPU in one transfer: sim[b, t-1, i, j] is the cosine of query i of frame t and query j of frame t-1.
     """
     B, T, Q, _ = q.shape
     with torch.autocast(q.device.type, enabled=False):  # float32 similarities, also under bf16 autocast
         qn = F.normalize(q.float(), dim=-1)
-        sim = (qn[:, 1:] @ qn[:, :-1].transpose(-1, -2)).cpu().numpy()  # (B, T-1, Q, Q): [t-1, i, j] = cos(q_ti, q_t-1j)
+        sim = (qn[:, 1:] @ qn[:, :-1].transpose(-1, -2)).cpu().numpy()  # (B, T-1, Q, Q)
     perm = np.empty((B, T, Q), dtype=np.int64)
     perm[:, 0] = np.arange(Q)
     for b in range(B):
