@@ -43,7 +43,7 @@ def test_a_short_run_learns_and_writes_loadable_checkpoints(tmp_path):
     for name in ("last", "best"):
         model = QShiftMaskFormer.from_pretrained(out / name)
         assert model.settings() == {"shift_div": 16, "match": True, "causal": False, "shift_at": ["queries"],
-                                    "match_by": "queries"}
+                                    "match_by": "queries", "reach": 1}
     state = torch.load(out / "last" / "train_state.pt", weights_only=False)
     assert state["step"] == 40
     assert not list(out.glob(".tmp-*")), "a temporary checkpoint was left behind"
