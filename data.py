@@ -389,8 +389,8 @@ class Synthetic(ClipDataset):
                              f"and speed above 0")
         runs = hidden_runs(num_frames, hidden_fraction, hide_run)
         if runs * hide_run + runs - 1 > num_frames:
-            raise ValueError(f"hide_run {hide_run}: {runs} runs of {hide_run} hidden frames with a visible frame "
-                             f"between runs do not fit {num_frames} frames (hidden_fraction {hidden_fraction:.3g})")
+            raise ValueError(f"hide_run {hide_run}: {runs} x {hide_run} hidden frames, with a visible frame between "
+                             f"runs, do not fit {num_frames} frames (hidden_fraction {hidden_fraction:.3g})")
         num_videos = num_videos or (64 if split == "train" else 32)
         names = list(self.COLOURS)[:num_object_classes]
         palette = np.array([self.COLOURS[n] for n in names])
