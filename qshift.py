@@ -82,8 +82,9 @@ def temporal_shift(x, shift_div, causal=False, dim=-1, reach=1):
 
     reach r > 1 moves the same n channels, farther: each way's channels are split into r groups as evenly as
     possible (the first groups one channel larger), and group j comes from frame t-j (of [0, n/2)) or t+j (of
-    [C - n/2, C)); causal: group j of [0, n) from t-j. So frame t reads frames t-r..t+r (t-r..t when causal), and a
-    cue missing for up to r frames in a row can still arrive from a frame that shows it. reach=1 is the shift above.
+    [C - n/2, C)); causal: group j of [0, n) from t-j. So frame t reads frames t-r..t+r (t-r..t when causal): a cue
+    missing for up to 2r - 1 frames in a row (r when causal) can still reach every frame of the gap in one shift.
+    reach=1 is the shift above.
     """
     if shift_div == 0:
         return x
