@@ -2,11 +2,11 @@
 Benchmarks of qshift, every figure measured side by side in one run (in the style of nanoGPT's bench.py).
 
     python bench.py                  # full sizes, on CUDA when present (16 frames at 480x480, bf16 autocast,
-                                     # TF32), else the CPU (256x256, fp32): ~15 minutes on 1 CPU core
-    python bench.py --quick          # smaller sizes and repeats (QUICK below): 1.5-2.5 minutes on 2 busy CPU cores
+                                     # TF32), else the CPU (256x256, fp32): hours on 1 CPU core
+    python bench.py --quick          # smaller sizes and budgets (QUICK below): 5-15 minutes on 1 busy CPU core
     python bench.py --json           # one JSON object instead of the Markdown table
     python bench.py --threads 1      # on a machine busy with other jobs, where two threads on two cores crawl
-    python bench.py --device cuda --frames 16 --size 512 --repeats 8
+    python bench.py --device cuda --frames 16 --size 512 --budget 120 --precision 0.002
 
 Figures: (1) the cost of shift and matching over the frame-by-frame model with the same weights and input (MaskFormer
 with the Swin-T architecture of facebook/maskformer-swin-tiny-ade, random weights, built offline), and per model
@@ -14,23 +14,37 @@ frames per second in inference and training, matching's share of the forward tim
 clip (the models compared are listed in `variants`); (2) peak memory of
 whole-video inference, streamed (qshift.predict_video) beside the video run as one clip; (3) 16-frame training
 clips per second from VSPW-like 480p files on one loader worker; (4) the confusion-matrix update per 480p frame.
-Ratios come from interleaved runs (A B B A ...) after a warm-up: the median of the ratios of adjacent runs.
+Time ratios come from blocks of runs A B B A after a warm-up: the median of the blocks' ratios, with blocks added
+until its 95% bootstrap interval is within ±--precision (0.5%) or --budget seconds per ratio are spent (see
+side_by_side). A control pair, the frame-by-frame model timed against itself, shows the timing's noise floor.
+On the CPU the models are timed on this process's CPU time, which leaves out the time other jobs hold the cores.
 CPU memory is read from Linux's /proc (peak resident set size), so the CPU memory figures need Linux.
 """
 import argparse
 import json
+import math
 import os
 import re
 
 from cli import fail, make_parser
 
-QUICK = dict(frames=4, size=64, repeats=4, mem_frames=[16, 64], mem_size=64, clips=6)
+QUICK = dict(frames=4, size=64, min_blocks=4, budget=30.0, mem_frames=[16, 64], mem_size=64, clips=6)
 
 
 def positive(text):
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return int(text)
+
+
+def at_least_0(text):
+    try:
+        number = float(text)
+    except ValueError:
+        number = -1.0
+    if not (math.isfinite(number) and number >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of at least 0")
+    return number
 
 
 def parse_args(argv=None):
@@ -41,7 +55,11 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=positive, default=len(os.sched_getaffinity(0)), help="CPU cores to use")
     parser.add_argument("--frames", type=positive, default=16, help="frames per clip for the cost figures")
     parser.add_argument("--size", type=positive, help="frame height and width of the cost figures (CUDA 480, CPU 256)")
-    parser.add_argument("--repeats", type=positive, default=6, help="timed runs of each variant")
+    parser.add_argument("--min-blocks", type=positive, default=5, help="timed blocks A B B A per ratio, at least")
+    parser.add_argument("--budget", type=at_least_0, default=60.0,
+                        help="seconds per time ratio, after which it stops adding blocks (0: min-blocks exactly)")
+    parser.add_argument("--precision", type=at_least_0, default=0.005,
+                        help="stop a ratio once its 95%% interval is within ± this fraction of it (0: use the budget)")
     parser.add_argument("--mem-frames", type=positive, nargs=2, default=[16, 128], help="the two video lengths")
     parser.add_argument("--mem-size", type=positive, default=128, help="frame height and width for the memory figures")
     parser.add_argument("--clips", type=positive, default=20, help="clips timed for the data figures")
@@ -98,14 +116,24 @@ def swin_tiny_config(family="maskformer"):
                             mask_feature_size=256, num_labels=150)
 
 
-def timed(fn, device):
-    """Seconds one call of fn takes, waiting for the device's queued work."""
+def model_clock(device):
+    """The clock models are timed on: wall time on CUDA; on the CPU this process's CPU time, which leaves out the time
+    other jobs hold the cores (on a shared machine most of the noise of wall time)."""
+    return time.perf_counter if device.startswith("cuda") else time.process_time
+
+
+def timed(fn, device, clock=time.perf_counter):
+    """Seconds one call of fn takes on `clock`, waiting for the device's queued work; as timeit does, Python's garbage
+    collector is held off during the call, so that a collection of the whole process does not land in one timing."""
     sync = (lambda: torch.cuda.synchronize(device)) if device.startswith("cuda") else (lambda: None)
     sync()
-    start = time.perf_counter()
+    gc.disable()
+    start = clock()
     fn()
     sync()
-    return time.perf_counter() - start
+    seconds = clock() - start
+    gc.enable()
+    return seconds
 
 
 def peak_memory(fn, device):
@@ -120,62 +148,90 @@ def peak_memory(fn, device):
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
-def side_by_side(fa, fb, repeats, device, warmup=1):
-    """Run fa and fb interleaved, A B B A A B ..., so that drifting load hits both alike.
+def side_by_side(fa, fb, device, budget, precision=0.005, min_blocks=5, warmup=1, clock=None):
+    """The time ratio fb / fa, from as many blocks of runs as it takes to know it to ±precision, or `budget` seconds.
 
-    Returns (median seconds of fa, median seconds of fb, median of the per-pair ratios fb / fa).
+    The runs come in blocks A B B A, so that load that drifts hits both alike: the block's ratio, B's two runs over
+    A's two, cancels a load that changes linearly over the block and the cost (or gain) of running first. The median
+    of the blocks' ratios leaves out the blocks that a burst of another job hit. Its spread is a 95% bootstrap
+    interval (the 2.5 and 97.5 percentiles of the medians of 1000 resamples of the blocks, drawn with a fixed seed).
+    After `warmup` runs of each and min_blocks blocks, blocks are added until both ends of the interval lie within
+    ±precision of the median (precise) or `budget` seconds of wall time, the warm-up included, have passed (not
+    precise). clock: what times a run (default: model_clock(device)).
+
+    Returns a dict: a_s, b_s (median seconds of one run of fa, of fb), ratio (median of the blocks' ratios),
+    interval [low, high] (its 95% bootstrap interval), blocks (the number timed) and precise.
     """
+    clock = clock or model_clock(device)
+    deadline = time.perf_counter() + budget
     for _ in range(warmup):
         fa(), fb()
-    pairs = []
-    for i in range(repeats):
-        if i % 2:
-            b, a = timed(fb, device), timed(fa, device)
-        else:
-            a, b = timed(fa, device), timed(fb, device)
-        pairs.append((a, b))
-    a, b = zip(*pairs)
-    return statistics.median(a), statistics.median(b), statistics.median(y / x for x, y in pairs)
+    rng = np.random.default_rng(0)
+    blocks = []  # (mean seconds of fa's two runs, of fb's two runs)
+    while True:
+        a = timed(fa, device, clock)
+        b = timed(fb, device, clock) + timed(fb, device, clock)
+        a += timed(fa, device, clock)
+        blocks.append((a / 2, b / 2))
+        if len(blocks) < min_blocks:
+            continue
+        ratios = np.array([b / a for a, b in blocks])
+        ratio = np.median(ratios)
+        low, high = np.percentile(np.median(rng.choice(ratios, (1000, len(ratios))), axis=1), [2.5, 97.5])
+        precise = bool(max(ratio - low, high - ratio) <= precision * ratio)
+        if precise or time.perf_counter() > deadline:
+            break
+    a_s, b_s = np.median(blocks, axis=0)
+    return {"a_s": float(a_s), "b_s": float(b_s), "ratio": float(ratio), "interval": [float(low), float(high)],
+            "blocks": len(blocks), "precise": precise}
 
 
 # -----------------------------------------------------------------------------
 # 1. cost of shift and matching
 
 
-SHIFTED = [  # (name, settings) of the models measured against the frame-by-frame one; the paper's setting first
-    ("shift 1/16 + matching", dict(shift_div=16, match=True)),
-    ("shift 1/16, queries matched by masks", dict(shift_div=16, match_by="masks")),
-    ("shift 1/16 at pixels", dict(shift_div=16, shift_at=["pixels"])),
-    ("shift 1/16 at backbone", dict(shift_div=16, shift_at=["backbone"])),
-    ("shift 1/16 at queries + pixels, matching", dict(shift_div=16, shift_at=["queries", "pixels"])),
+BASE, PAPER = "frame by frame (shift 0)", "shift 1/16 + matching"
+CONTROL, REACH = "frame by frame, against itself", "shift 1/4 at pixels, reach 3"
+SHIFTED = [  # (name, settings, the model it is timed against) of the models measured side by side with another
+    (CONTROL, None, BASE),  # settings None: the frame-by-frame model itself, whose ratio shows the noise floor
+    (PAPER, dict(shift_div=16, match=True), BASE),
+    ("shift 1/16, queries matched by masks", dict(shift_div=16, match_by="masks"), BASE),
+    ("shift 1/16 at pixels", dict(shift_div=16, shift_at=["pixels"]), BASE),
+    ("shift 1/16 at backbone", dict(shift_div=16, shift_at=["backbone"]), BASE),
+    ("shift 1/16 at queries + pixels, matching", dict(shift_div=16, shift_at=["queries", "pixels"]), BASE),
+    # reach: the same 1/4 of the 256 pixel-embedding channels (32 each way) from frames t-3..t+3, 11, 11 and 10
+    ("shift 1/4 at pixels", dict(shift_div=4, shift_at=["pixels"]), BASE),
+    (REACH, dict(shift_div=4, shift_at=["pixels"], reach=3), "shift 1/4 at pixels"),
 ]
 
 
 def variants(config, device, shifted=SHIFTED):
-    """The models compared, as (name, model) pairs: first the frame-by-frame image model, the baseline; then the
-    `shifted` ones measured against it, which share its weights."""
+    """The models compared, as (name, model, against) triples: first the frame-by-frame image model, the baseline,
+    against None; then the `shifted` ones, which share its weights, each timed against the model named `against`."""
     torch.manual_seed(0)
-    frame_by_frame = qshift.build_model(config, shift_div=0).to(device)
-    return [("frame by frame (shift 0)", frame_by_frame)] + \
-        [(name, qshift.QShiftSegmenter(frame_by_frame.model, **settings)) for name, settings in shifted]
+    base = qshift.build_model(config, shift_div=0).to(device)
+    return [(BASE, base, None)] + [(name, base if settings is None else qshift.QShiftSegmenter(base.model, **settings),
+                                    against) for name, settings, against in shifted]
 
 
-def model_cost(models, frames, size, repeats, device, amp=False):
-    """Speed and memory of each (name, model) of `models` on one clip (1, frames, 3, size, size): inference
-    (forward) and a training step (the model's own loss, AdamW), each model interleaved with the first.
+def model_cost(models, frames, size, device, amp=False, **timing):
+    """Speed and memory of each (name, model, against) of `models` on one clip (1, frames, 3, size, size): inference
+    (forward) and a training step (the model's own loss, AdamW), each model timed side by side with the model named
+    `against`; timing: side_by_side's budget, precision, min_blocks.
 
-    Returns one dict per model: name; forward_ms, train_step_ms (median ms per clip); forward_fps, train_step_fps
-    (frames per second); forward_ratio, train_step_ratio (median time ratio to the first model, paired runs);
-    forward_peak_mib, train_step_peak_mib (peak device memory, None on the CPU); match_pct (for models that match:
-    match_queries alone on this clip's queries, in percent of the model's forward time, else None). And the
-    milliseconds of match_queries alone. amp: bf16 autocast.
+    Returns one dict per model: name, against; forward_ms, train_step_ms (median ms per clip, on model_clock);
+    forward_fps, train_step_fps (frames per second); forward_ratio, train_step_ratio (median time ratio to `against`,
+    blocks A B B A), with their _interval (95% bootstrap interval), _blocks and _precise (side_by_side's; all None for
+    the baseline); forward_peak_mib, train_step_peak_mib (peak device memory, None on the CPU); match_pct (for
+    models that match: match_queries alone on this clip's queries, in percent of the model's forward time, else
+    None). And the milliseconds of match_queries alone. amp: bf16 autocast.
     """
     x = torch.randn(1, frames, 3, size, size, device=device)
     config = models[0][1].model.config
     coarse = torch.randint(config.num_labels, (frames, 1, 4, 4)).float()  # a few blocks of classes per frame
     labels = F.interpolate(coarse, size=(size, size), mode="nearest")[:, 0].long().to(device)  # (T, H, W)
     mask_labels, class_labels = zip(*(data.mask_targets(frame) for frame in labels))
-    shared = dict.fromkeys(p for _, model in models for p in model.parameters())  # each weight once, in order
+    shared = dict.fromkeys(p for _, model, _ in models for p in model.parameters())  # each weight once, in order
     optimizer = torch.optim.AdamW(shared, lr=1e-5)
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp)
 
@@ -190,26 +246,29 @@ def model_cost(models, frames, size, repeats, device, amp=False):
         loss.backward()
         optimizer.step()
 
-    base = models[0][1]
-    rows = [{"name": name} for name, _ in models]
+    by_name = {name: model for name, model, _ in models}
+    rows = {name: {"name": name, "against": against} for name, _, against in models}
     for key, run, training in (("forward", forward, False), ("train_step", train_step, True)):
-        for _, model in models:
+        for model in by_name.values():
             model.train(training)
-        for row, (_, model) in zip(rows[1:], models[1:]):
-            base_s, model_s, ratio = side_by_side(lambda: run(base), lambda: run(model), repeats, device)
-            rows[0].setdefault(f"{key}_ms", 1e3 * base_s)  # the baseline's time from its first pairing
-            row.update({f"{key}_ms": 1e3 * model_s, f"{key}_ratio": ratio})
-        rows[0][f"{key}_ratio"] = 1.0
-        for row, (_, model) in zip(rows, models):
-            row[f"{key}_fps"] = frames / (row[f"{key}_ms"] / 1e3)
-            row[f"{key}_peak_mib"] = peak_memory(lambda: run(model), device)
-    Q, C = base.model.model.transformer_module.queries_embedder.weight.shape  # both families
+        for name, model, against in models:
+            times = dict(ratio=None, interval=None, blocks=None, precise=None)
+            if against is not None:
+                times = side_by_side(lambda: run(by_name[against]), lambda: run(model), device, **timing)
+                rows[against].setdefault(f"{key}_ms", 1e3 * times["a_s"])  # untimed yet: from its first pairing
+                rows[name][f"{key}_ms"] = 1e3 * times["b_s"]
+            rows[name].update({f"{key}_{k}": times[k] for k in ("ratio", "interval", "blocks", "precise")})
+        for name, model, _ in models:
+            rows[name][f"{key}_fps"] = frames / (rows[name][f"{key}_ms"] / 1e3)
+            rows[name][f"{key}_peak_mib"] = peak_memory(lambda: run(model), device)
+    Q, C = models[0][1].model.model.transformer_module.queries_embedder.weight.shape  # both families
     q = torch.randn(1, frames, Q, C, device=device)
     qshift.match_queries(q)  # warm-up
-    match_ms = 1e3 * statistics.median(timed(lambda: qshift.match_queries(q), device) for _ in range(10))
-    for row, (_, model) in zip(rows, models):
-        row["match_pct"] = 100 * match_ms / row["forward_ms"] if model.shift_div and model.match else None
-    return rows, match_ms
+    clock = model_clock(device)
+    match_ms = 1e3 * statistics.median(timed(lambda: qshift.match_queries(q), device, clock) for _ in range(10))
+    for name, model, _ in models:
+        rows[name]["match_pct"] = 100 * match_ms / rows[name]["forward_ms"] if model.shift_div and model.match else None
+    return list(rows.values()), match_ms
 
 
 # -----------------------------------------------------------------------------
@@ -317,7 +376,7 @@ def data_speed(clips, clip_len=16):
 # 4. metrics
 
 
-def metrics_speed(repeats=25, num_classes=data.VSPW_NUM_CLASSES, size=(480, 853)):
+def metrics_speed(blocks=12, num_classes=data.VSPW_NUM_CLASSES, size=(480, 853)):
     """Milliseconds per 480p frame of SegMetrics.update on one core, beside a plain masked bincount."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -331,21 +390,31 @@ def metrics_speed(repeats=25, num_classes=data.VSPW_NUM_CLASSES, size=(480, 853)
         keep = label != data.IGNORE_INDEX
         confusion.add_(torch.bincount(label[keep] * num_classes + pred[keep], minlength=num_classes**2))
 
-    ours, base, _ = side_by_side(lambda: metrics.update(pred, label), masked_bincount, repeats, "cpu")
+    times = side_by_side(lambda: metrics.update(pred, label), masked_bincount, "cpu", budget=0, min_blocks=blocks)
     torch.set_num_threads(threads)
-    return {"metrics_ms": 1e3 * ours, "metrics_baseline_ms": 1e3 * base}
+    return {"metrics_ms": 1e3 * times["a_s"], "metrics_baseline_ms": 1e3 * times["b_s"]}
 
 
 # -----------------------------------------------------------------------------
 
 
+def timing(model, key):
+    """A time ratio of model_cost's dict of a model (key: forward or train_step) as a figure: {value, interval,
+    blocks, precise}."""
+    return {"value": model[f"{key}_ratio"], **{k: model[f"{key}_{k}"] for k in ("interval", "blocks", "precise")}}
+
+
 def model_figures(models, match_ms):
-    """The figures of the table from model_cost's results: the second model (shift and matching) against the
-    first (frame by frame)."""
-    base, shifted = models[:2]
-    return {"forward_ratio": shifted["forward_ratio"], "train_step_ratio": shifted["train_step_ratio"],
-            "forward_ms": base["forward_ms"], "train_step_ms": base["train_step_ms"], "match_ms": match_ms,
-            "match_pct": shifted["match_pct"]}
+    """The figures of the table from model_cost's results: the time ratios of the control, the paper's setting and
+    reach 3, each to the model it was timed against, and the frame-by-frame model's own times."""
+    by_name = {model["name"]: model for model in models}
+    base, paper = by_name[BASE], by_name[PAPER]
+    figures = {"forward_ms": base["forward_ms"], "train_step_ms": base["train_step_ms"], "match_ms": match_ms,
+               "match_pct": paper["match_pct"]}
+    for prefix, name in (("control_", CONTROL), ("", PAPER), ("reach_", REACH)):
+        for key in ("forward", "train_step"):
+            figures[f"{prefix}{key}_ratio"] = timing(by_name[name], key)
+    return figures
 
 
 STREAMED = {  # figure key -> the settings whose streamed memory is measured besides the paper's
@@ -353,30 +422,39 @@ STREAMED = {  # figure key -> the settings whose streamed memory is measured bes
     "masks": dict(match_by="masks"), "backbone_queries": dict(shift_at=["backbone", "queries"])}
 
 
-def collect(args, config, m2f_config, clip_len=16, metric_repeats=25):
-    """Every figure, {key: value}, and model_cost's dict per model (MaskFormer's, then Mask2Former's)."""
-    cost = (args.frames, args.size, args.repeats, args.device, args.amp)
-    models, match_ms = model_cost(variants(config, args.device), *cost)
-    m2f, _ = model_cost(variants(m2f_config, args.device, SHIFTED[:1]), *cost)
+def collect(args, config, m2f_config, clip_len=16, metric_blocks=12):
+    """Every figure, {key: value} (time ratios as timing's dicts), and model_cost's dict per model (MaskFormer's,
+    then Mask2Former's)."""
+    cost = dict(frames=args.frames, size=args.size, device=args.device, amp=args.amp, min_blocks=args.min_blocks,
+                budget=args.budget, precision=args.precision)
+    models, match_ms = model_cost(variants(config, args.device), **cost)
+    m2f, _ = model_cost(variants(m2f_config, args.device, [s for s in SHIFTED if s[0] == PAPER]), **cost)
     video = (args.mem_frames, args.mem_size, args.device, args.amp)
     figures = {**model_figures(models, match_ms), **memory(config, *video), **data_speed(args.clips, clip_len),
-               **metrics_speed(metric_repeats)}
+               **metrics_speed(metric_blocks)}
     for key, settings in STREAMED.items():
         figures[f"stream_ratio_{key}"] = memory(config, *video, settings, modes=("stream",))["stream_ratio"]
-    figures.update(m2f_forward_ratio=m2f[1]["forward_ratio"], m2f_train_step_ratio=m2f[1]["train_step_ratio"],
+    figures.update(m2f_forward_ratio=timing(m2f[1], "forward"), m2f_train_step_ratio=timing(m2f[1], "train_step"),
                    m2f_stream_ratio=memory(m2f_config, *video, modes=("stream",))["stream_ratio"])
     for model in m2f:
         model["name"] = "Mask2Former, " + model["name"]
+        model["against"] = model["against"] and "Mask2Former, " + model["against"]
     return figures, models + m2f
 
 
 def rows(args):
-    """(key, figure, goal) for the table, goal as (operator, bound) or None."""
+    """(key, figure, goal) for the table, goal as (operator, bound) (see meets) or None."""
     short, long = args.mem_frames
     clip = f"{args.frames} frames at {args.size}x{args.size}"
     video = f"{args.mem_size}x{args.mem_size}"
-    return [("forward_ratio", f"forward time, shift+matching / frame-by-frame ({clip})", ("<=", 1.01)),
-            ("train_step_ratio", "training step time (AdamW, HF loss), shift+matching / frame-by-frame", ("<=", 1.02)),
+    return [("control_forward_ratio", f"forward time, frame-by-frame / itself: the noise floor ({clip})",
+             ("1 ±", 0.01)),
+            ("control_train_step_ratio", "training step time (AdamW, HF loss), frame-by-frame / itself",
+             ("1 ±", 0.01)),
+            ("forward_ratio", "forward time, shift+matching / frame-by-frame", ("<=", 1.01)),
+            ("train_step_ratio", "training step time, shift+matching / frame-by-frame", ("<=", 1.02)),
+            ("reach_forward_ratio", "forward time, pixels 1/4 at reach 3 / at reach 1", ("<=", 1.01)),
+            ("reach_train_step_ratio", "training step time, pixels 1/4 at reach 3 / at reach 1", ("<=", 1.02)),
             ("forward_ms", "forward, frame-by-frame (ms per clip)", None),
             ("train_step_ms", "training step, frame-by-frame (ms per clip)", None),
             ("match_ms", "match_queries alone (ms per clip)", None),
@@ -410,16 +488,22 @@ def machine(args):
             "torch": torch.__version__, "transformers": transformers.__version__, "device": device}
 
 
+def meets(value, goal):
+    """Whether value meets goal: ("<=", bound), (">=", bound) or ("1 ±", tolerance), a ratio of about 1."""
+    op, bound = goal
+    return value <= bound if op == "<=" else value >= bound if op == ">=" else abs(value - 1) <= bound
+
+
 def report(args, figures, models=()):
-    """The machine, the settings, every figure with its goal and whether it is met, and model_cost's dict per
-    model, as one dict."""
+    """The machine, the settings, every figure (with interval, blocks and precise for the time ratios) with its goal
+    and whether its value meets it, and model_cost's dict per model, as one dict."""
     table = {}
     for key, name, goal in rows(args):
-        value = figures[key]
-        met = None if goal is None else value <= goal[1] if goal[0] == "<=" else value >= goal[1]
-        table[key] = {"figure": name, "value": value, "goal": goal and f"{goal[0]} {goal[1]}", "met": met}
-    settings = {k: getattr(args, k) for k in ("quick", "frames", "size", "amp", "repeats", "mem_frames", "mem_size",
-                                              "clips")}
+        measured = figures[key] if isinstance(figures[key], dict) else {"value": figures[key]}
+        table[key] = {"figure": name, **measured, "goal": goal and f"{goal[0]} {goal[1]}",
+                      "met": goal and meets(measured["value"], goal)}
+    settings = {k: getattr(args, k) for k in ("quick", "frames", "size", "amp", "min_blocks", "budget", "precision",
+                                              "mem_frames", "mem_size", "clips")}
     return {"machine": machine(args), "settings": settings, "figures": table, "models": list(models)}
 
 
@@ -427,27 +511,50 @@ def _number(x):
     return "–" if x is None else f"{x:.3f}" if x < 100 else f"{x:.0f}"
 
 
+def _spread(t):
+    """A time ratio's spread as printed: its 95% interval and blocks, '0.995–1.004 (24 blocks)', with 'budget
+    spent' where the budget ran out before the interval was within ±precision; '' for other figures."""
+    if t.get("interval") is None:
+        return ""
+    low, high = t["interval"]
+    return f"{low:.3f}–{high:.3f} ({t['blocks']} blocks{'' if t['precise'] else ', budget spent'})"
+
+
 def markdown(rep):
-    """The report as printed: settings, machine, and a Markdown table of every figure."""
-    m = rep["machine"]
-    lines = [f"{'quick run' if rep['settings']['quick'] else 'full run'}: {rep['settings']}",
+    """The report as printed: settings, machine, a Markdown table of every figure and one of every model."""
+    m, s = rep["machine"], rep["settings"]
+    lines = [f"{'quick run' if s['quick'] else 'full run'}: {s}",
              f"machine: {m['cpu']}, {m['cores_used']} of {m['cores_available']} cores, torch {m['torch']}, "
              f"transformers {m['transformers']}, device {m['device']}",
              "model: MaskFormer with the Swin-T architecture of facebook/maskformer-swin-tiny-ade, random weights", "",
-             "| figure | value | goal | met? |", "|---|---|---|---|"]
+             "| figure | value | 95% interval (blocks) | goal | met? |", "|---|---|---|---|---|"]
     for row in rep["figures"].values():
         met = "" if row["met"] is None else "yes" if row["met"] else "**no**"
-        lines.append(f"| {row['figure']} | {_number(row['value'])} | {row['goal'] or ''} | {met} |")
+        lines.append(f"| {row['figure']} | {_number(row['value'])} | {_spread(row)} | {row['goal'] or ''} | {met} |")
     if rep["models"]:
-        s = rep["settings"]
+        clock = "CPU time of the bench process" if m["device"] == "cpu" else "wall time"
         lines += ["", f"Per model, one clip of {s['frames']} frames at {s['size']}x{s['size']}"
-                  f"{', bf16 autocast' if s['amp'] else ''}; time ratios to the first model, run side by side; peak "
-                  "memory: all tensors on the device, weights and optimizer state included (CUDA only)", "",
-                  "| model | inference frames/s | training frames/s | inference time ratio | training time ratio "
-                  "| matching, % of forward | peak MiB, inference | peak MiB, training |", "|---|" + "---:|" * 7]
-        keys = ("forward_fps", "train_step_fps", "forward_ratio", "train_step_ratio", "match_pct",
-                "forward_peak_mib", "train_step_peak_mib")
-        lines += [f"| {m['name']} | " + " | ".join(_number(m[k]) for k in keys) + " |" for m in rep["models"]]
+                  f"{', bf16 autocast' if s['amp'] else ''}, timed on {clock}; time ratios to the model in the second "
+                  "column, run side by side; peak memory: all tensors on the device, weights and optimizer state "
+                  "included (CUDA only)", "",
+                  "| model | timed against | inference frames/s | training frames/s | inference time ratio | 95% "
+                  "interval (blocks) | training time ratio | 95% interval (blocks) | matching, % of forward "
+                  "| peak MiB, inference | peak MiB, training |", "|---|---|" + "---:|" * 9]
+        for model in rep["models"]:
+            cells = [model["name"], model["against"] or "–", _number(model["forward_fps"]),
+                     _number(model["train_step_fps"])]
+            for key in ("forward", "train_step"):
+                cells += [_number(model[f"{key}_ratio"]), _spread(timing(model, key))]
+            cells += [_number(model[k]) for k in ("match_pct", "forward_peak_mib", "train_step_peak_mib")]
+            lines.append("| " + " | ".join(cells) + " |")
+        ratios = [(model, key) for model in rep["models"] for key in ("forward", "train_step")
+                  if model[f"{key}_blocks"]]
+        spent = [f"{model['name']} ({'inference' if key == 'forward' else 'training'})" for model, key in ratios
+                 if not model[f"{key}_precise"]]
+        goal = f"±{100 * s['precision']:g}%"
+        lines += ["", f"Each time ratio took blocks A B B A until its 95% interval was within {goal} (at least "
+                  f"{s['min_blocks']} blocks) or {s['budget']:g} s were spent: {len(ratios) - len(spent)} of "
+                  f"{len(ratios)} reached {goal}" + (f"; the budget ran out for {', '.join(spent)}." if spent else ".")]
     return "\n".join(lines)
 
 
@@ -466,6 +573,12 @@ def main(args):
     """Run the benchmarks that parse_args asked for and print the report."""
     settle_device(args)
     torch.set_num_threads(args.threads)
+    # glibc: keep freed memory in the heap for reuse (M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1, 1 GiB), as
+    # PyTorch's allocator does on CUDA; else every training step asks the kernel for fresh zeroed pages, which cost
+    # what the other jobs leave them (on our shared 2-core machine an eighth of a step's CPU time, and most of its
+    # spread). The memory figures run in fresh processes with their own setting.
+    libc = ctypes.CDLL(None)
+    libc.mallopt(-3, 2**30), libc.mallopt(-1, 2**30)
     transformers.logging.set_verbosity_error()
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as train.py

@@ -23,7 +23,8 @@ step() { echo; echo "== gpu_check $(date +%T): $*"; }
 
 if [ $cpu = 1 ]; then
     device=cpu; amp=""; backend=gloo
-    bench_flags=(--device cpu --threads 1 --frames 2 --size 64 --repeats 1 --mem-frames 2 6 --mem-size 64 --clips 2)
+    bench_flags=(--device cpu --threads 1 --frames 2 --size 64 --min-blocks 2 --budget 0 --mem-frames 2 6 --mem-size 64
+                 --clips 2)
 else
     device=cuda; amp=--amp; backend=nccl
     bench_flags=(--device cuda)
@@ -39,7 +40,7 @@ python3 train.py "${train_flags[@]}" --max-steps 40 --eval-every 20 --out "$work
     || { tail -20 "$work/train.out"; false; }
 cp "$work/train/log.jsonl" "$dir/train_log.jsonl"
 python3 evaluate.py --checkpoint "$work/train/best" --data synthetic --device $device $amp --max-videos 4
-cp "$work/train/eval-val-first4.json" "$dir/eval.json"
+cp "$work/train/eval-synthetic-val-first4.json" "$dir/eval.json"
 
 step "3/4 torchrun, 1 process ($backend)"
 python3 -m torch.distributed.run --standalone --nproc_per_node 1 train.py "${train_flags[@]}" --max-steps 6 \

@@ -1,15 +1,81 @@
-"""bench.py at tiny sizes: every figure is measured and reported; no timing thresholds (the machine is shared)."""
+"""bench.py at tiny sizes: every figure is measured and reported; the adaptive paired timing on fake runs of known
+time; no timing thresholds (the machine is shared)."""
+import copy
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import bench
 import qshift
 
-TINY = ["--frames", "2", "--size", "64", "--repeats", "2", "--mem-frames", "2", "6", "--mem-size", "64", "--clips",
-        "2", "--device", "cpu"]
+TINY = ["--frames", "2", "--size", "64", "--min-blocks", "2", "--budget", "0", "--mem-frames", "2", "6", "--mem-size",
+        "64", "--clips", "2", "--device", "cpu"]
+
+
+class FakeRuns:
+    """Runs of known length on a fake clock: run(name, seconds) is a function that moves the clock on by `seconds`,
+    times load(clock) (the machine's slowdown at that moment, 1: idle), times 1 + switch if the run before it was
+    another one's (caches filled by the other), times 1 + noise * N(0, 1) (fixed seed); it logs its name."""
+
+    def __init__(self, noise=0.0, load=lambda now: 1.0, switch=0.0, seed=0):
+        self.now, self.noise, self.load, self.switch, self.log = 0.0, noise, load, switch, []
+        self.rng = np.random.default_rng(seed)
+
+    def clock(self):
+        return self.now
+
+    def run(self, name, seconds):
+        def fn():
+            switched = bool(self.log) and self.log[-1] != name
+            self.log.append(name)
+            self.now += (seconds * self.load(self.now) * (1 + self.switch * switched)
+                         * (1 + self.noise * self.rng.standard_normal()))
+        return fn
+
+
+def time_fakes(fakes, ratio, **timing):
+    """side_by_side of fake runs of 1 s (A) and `ratio` s (B) on the fake clock."""
+    return bench.side_by_side(fakes.run("A", 1.0), fakes.run("B", ratio), "cpu", clock=fakes.clock, **timing)
+
+
+def test_exact_runs_stop_at_min_blocks_of_a_b_b_a():
+    fakes = FakeRuns()
+    t = time_fakes(fakes, 1.25, budget=1e9, min_blocks=3)
+    assert t["precise"] and t["blocks"] == 3 and t["ratio"] == pytest.approx(1.25)
+    assert t["interval"] == pytest.approx([1.25, 1.25]) and (t["a_s"], t["b_s"]) == pytest.approx((1.0, 1.25))
+    assert "".join(fakes.log) == "AB" + "ABBA" * 3  # the warm-up, then the blocks
+
+
+def test_noisy_runs_take_blocks_until_the_interval_is_within_the_precision():
+    loose, tight = (time_fakes(FakeRuns(noise=0.02), 1.1, budget=1e9, precision=p) for p in (0.01, 0.005))
+    for t, precision in ((loose, 0.01), (tight, 0.005)):
+        low, high = t["interval"]
+        assert t["precise"] and low <= t["ratio"] <= high
+        assert max(t["ratio"] - low, high - t["ratio"]) <= precision * t["ratio"]
+        assert t["ratio"] == pytest.approx(1.1, rel=2 * precision)  # near the known ratio (a 95% interval, which
+        # a rule that stops once it is narrow enough misses a little more often than 1 in 20)
+    assert 5 < loose["blocks"] < tight["blocks"]  # more than min_blocks (5) were needed, and more for ±0.5%
+
+
+def test_the_budget_stops_it_short_of_the_precision_and_says_so():
+    t = time_fakes(FakeRuns(noise=0.03), 1.1, budget=0, min_blocks=4)
+    low, high = t["interval"]
+    assert t["blocks"] == 4 and not t["precise"] and max(t["ratio"] - low, high - t["ratio"]) > 0.005 * t["ratio"]
+
+
+@pytest.mark.parametrize("ratio", [1.0, 1.1])
+def test_drifting_load_and_the_cost_of_switching_cancel_in_each_block(ratio):
+    # load tripling over the run (2 at 100 fake seconds), and 5% more for a run after the other one's: adjacent
+    # pairs A B, B A would give ratios of about 1.05 and 0.95 in turn, a median anywhere between
+    fakes = FakeRuns(load=lambda now: 1 + now / 100, switch=0.05)
+    t = time_fakes(fakes, ratio, budget=1e9, min_blocks=30)
+    assert fakes.load(fakes.now) > 3 and t["precise"]
+    assert t["ratio"] == pytest.approx(ratio, rel=0.002)  # a linear drift cancels; a runs' load is its start's
+    noisy = FakeRuns(noise=0.02, load=lambda now: 1 + now / 100, switch=0.05)
+    assert time_fakes(noisy, ratio, budget=1e9)["ratio"] == pytest.approx(ratio, rel=0.01)  # the control: 1 ± 0.01
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +86,7 @@ def report():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two threads crawl when other jobs share the two cores
     figures, models = bench.collect(args, config, qshift.tiny_config(5, embed_dim=32, family="mask2former"),
-                                    clip_len=2, metric_repeats=2)
+                                    clip_len=2, metric_blocks=1)
     torch.set_num_threads(threads)
     return bench.report(args, figures, models)
 
@@ -34,35 +100,61 @@ def test_every_figure_is_a_positive_finite_number(report):
     assert rep["machine"]["cores_used"] == 1 and rep["settings"]["mem_frames"] == [2, 6]
 
 
-def test_every_model_gets_speeds_and_ratios_to_the_first(report):
+def test_every_model_gets_speeds_and_ratios_to_the_model_it_is_timed_against(report):
     names = [model["name"] for model in report["models"]]
-    assert names == ["frame by frame (shift 0)", *(name for name, _ in bench.SHIFTED),
-                     "Mask2Former, frame by frame (shift 0)", "Mask2Former, shift 1/16 + matching"]
-    base, shifted = report["models"][:2]
-    assert report["models"][-1]["forward_ratio"] == report["figures"]["m2f_forward_ratio"]["value"]
-    assert base["forward_ratio"] == base["train_step_ratio"] == 1.0 and base["match_pct"] is None
+    assert names == [bench.BASE, *(name for name, _, _ in bench.SHIFTED), f"Mask2Former, {bench.BASE}",
+                     f"Mask2Former, {bench.PAPER}"]
+    models = {model["name"]: model for model in report["models"]}
+    assert [models[name]["against"] for name in (bench.CONTROL, bench.PAPER, bench.REACH, names[-1])] == \
+        [bench.BASE, bench.BASE, "shift 1/4 at pixels", f"Mask2Former, {bench.BASE}"]
     for model in report["models"]:
         for key in ("forward", "train_step"):
             assert model[f"{key}_fps"] == pytest.approx(2 / (model[f"{key}_ms"] / 1e3))  # 2 frames a clip
             assert model[f"{key}_peak_mib"] is None  # the CPU keeps no count of its peak
-            assert math.isfinite(model[f"{key}_ratio"]) and model[f"{key}_ratio"] > 0
-    assert shifted["forward_ratio"] == report["figures"]["forward_ratio"]["value"]
-    assert shifted["match_pct"] == pytest.approx(100 * report["figures"]["match_ms"]["value"] / shifted["forward_ms"])
+            timing = bench.timing(model, key)
+            if model["against"] is None:  # a baseline: timed, but not against anything
+                assert timing == {"value": None, "interval": None, "blocks": None, "precise": None}
+                continue
+            low, high = timing["interval"]
+            assert 0 < low <= timing["value"] <= high and math.isfinite(high), (model["name"], key)
+            assert timing["blocks"] == 2 and timing["precise"] in (True, False)  # --budget 0: --min-blocks exactly
+    figures = report["figures"]
+    for prefix, name in (("control_", bench.CONTROL), ("", bench.PAPER), ("reach_", bench.REACH),
+                         ("m2f_", names[-1])):
+        for key in ("forward", "train_step"):
+            assert {k: figures[f"{prefix}{key}_ratio"][k] for k in ("value", "interval", "blocks", "precise")} == \
+                bench.timing(models[name], key)
+    assert figures["control_forward_ratio"]["goal"] == figures["control_train_step_ratio"]["goal"] == "1 ± 0.01"
+    paper = models[bench.PAPER]
+    assert paper["match_pct"] == pytest.approx(100 * figures["match_ms"]["value"] / paper["forward_ms"])
+    assert models[bench.BASE]["match_pct"] is None and models[bench.CONTROL]["match_pct"] is None
+
+
+def test_the_control_is_the_baseline_itself_and_reach_3_moves_what_reach_1_does():
+    models = {name: (model, against) for name, model, against in
+              bench.variants(qshift.tiny_config(5, embed_dim=32), "cpu")}
+    assert models[bench.CONTROL] == (models[bench.BASE][0], bench.BASE)  # the same object
+    reach3, against = models[bench.REACH]
+    reach1 = models[against][0]
+    assert reach3.model is reach1.model and reach3.settings() == {**reach1.settings(), "reach": 3}
+    assert reach1.settings()["reach"] == 1 and reach1.settings()["shift_at"] == ["pixels"]
 
 
 def test_bf16_autocast_runs_on_the_cpu():  # matching computes its similarities in float32 under autocast
-    models, _ = bench.model_cost(bench.variants(qshift.tiny_config(5), "cpu", bench.SHIFTED[:1]), 2, 32, 1, "cpu",
-                                 amp=True)
+    models, _ = bench.model_cost(bench.variants(qshift.tiny_config(5), "cpu", bench.SHIFTED[1:2]), 2, 32, "cpu",
+                                 amp=True, budget=0, min_blocks=1)
     assert all(math.isfinite(m["train_step_ms"]) and m["train_step_ms"] > 0 for m in models)
 
 
 def test_goals_are_judged_by_their_direction(report):
     figures = {key: row["value"] for key, row in report["figures"].items()}
     args = bench.parse_args(TINY)
-    fast = bench.report(args, {**figures, "forward_ratio": 1.0, "data_clips_per_s": 11.0})["figures"]
-    slow = bench.report(args, {**figures, "forward_ratio": 1.5, "data_clips_per_s": 9.0})["figures"]
-    assert fast["forward_ratio"]["met"] and fast["data_clips_per_s"]["met"]
-    assert not slow["forward_ratio"]["met"] and not slow["data_clips_per_s"]["met"]
+    fast = bench.report(args, {**figures, "forward_ratio": 1.0, "data_clips_per_s": 11.0,
+                               "control_forward_ratio": 1.009})["figures"]
+    slow = bench.report(args, {**figures, "forward_ratio": 1.5, "data_clips_per_s": 9.0,
+                               "control_forward_ratio": 0.985})["figures"]
+    for key in ("forward_ratio", "data_clips_per_s", "control_forward_ratio"):
+        assert fast[key]["met"] and not slow[key]["met"], key
 
 
 def test_markdown_tables_have_a_row_per_figure_and_per_model(report):
@@ -70,14 +162,32 @@ def test_markdown_tables_have_a_row_per_figure_and_per_model(report):
     rows = [line for line in lines if line.startswith("| ") and not line.startswith(("| figure", "| model"))]
     assert len(rows) == len(report["figures"]) + len(report["models"])
     assert rows[-1].startswith("| Mask2Former, shift 1/16 + matching | ") and rows[-1].endswith(" | – | – |")
+    spreads = sum("blocks" in row for row in report["figures"].values()) + 2 * (len(report["models"]) - 2)
+    assert "\n".join(rows).count(" (2 blocks") == spreads == 8 + 18  # every time ratio, in each table it is in
     assert any(line.startswith("machine: ") and "torch" in line for line in lines)
     assert "**no**" in bench.markdown(bench.report(bench.parse_args(TINY), {
         **{key: row["value"] for key, row in report["figures"].items()}, "metrics_ms": 3.0}))
 
 
+def test_markdown_says_which_ratios_reached_the_precision(report):
+    rep = copy.deepcopy(report)
+    for row in [*rep["figures"].values(), *rep["models"]]:
+        for key in ("precise", "forward_precise", "train_step_precise"):
+            if row.get(key) is not None:
+                row[key] = True
+    ratios = 2 * (len(rep["models"]) - 2)  # all but the two baselines, inference and training
+    assert f"{ratios} of {ratios} reached ±0.5%." in bench.markdown(rep) and "budget" not in bench.markdown(rep)[-300:]
+    rep["models"][2]["train_step_precise"] = False
+    text = bench.markdown(rep)
+    assert f"{ratios - 1} of {ratios} reached ±0.5%; the budget ran out for {bench.PAPER} (training)." in text
+    assert text.count("blocks, budget spent)") == 1
+
+
 def test_quick_fills_in_only_the_flags_not_given():
     args = bench.parse_args(["--quick", "--frames", "3"])
     assert args.frames == 3 and args.size == bench.QUICK["size"] and args.mem_frames == bench.QUICK["mem_frames"]
+    assert (args.min_blocks, args.budget) == (bench.QUICK["min_blocks"], bench.QUICK["budget"])
+    assert (bench.parse_args([]).budget, bench.parse_args(["--budget", "0"]).budget) == (60, 0)
     assert bench.parse_args([]).size is None and bench.parse_args([]).device is None  # settled once torch is there
     cpu = bench.settle_device(bench.parse_args(["--device", "cpu"]))
     assert cpu.size == 256 and cpu.amp is False
@@ -94,14 +204,15 @@ def test_cuda_defaults_are_the_papers_clip_in_bf16():
 def test_cuda_model_cost_and_memory_on_the_device_given():
     device = f"cuda:{torch.cuda.device_count() - 1}"  # with several GPUs, one that is not the current device
     config = qshift.tiny_config(5, embed_dim=32)
-    models, _ = bench.model_cost(bench.variants(config, device), 2, 64, 2, device, amp=True)
+    models, _ = bench.model_cost(bench.variants(config, device), 2, 64, device, amp=True, budget=0, min_blocks=2)
     for model in models:
         assert 0 < model["forward_peak_mib"] < model["train_step_peak_mib"]  # training adds gradients, AdamW state
     memory = bench.memory(qshift.tiny_config(5), [2, 6], 64, device, amp=True)
     assert all(math.isfinite(value) and value > 0 for value in memory.values())
 
 
-@pytest.mark.parametrize("argv", [["--device", "tpu"], ["--mem-frames", "8", "4"], ["--frames", "0"]])
+@pytest.mark.parametrize("argv", [["--device", "tpu"], ["--mem-frames", "8", "4"], ["--frames", "0"],
+                                  ["--budget", "-1"], ["--precision", "nan"], ["--repeats", "4"]])
 def test_bad_flags_exit_2_with_one_line(argv, capsys):
     with pytest.raises(SystemExit) as exit:
         bench.parse_args(argv)
