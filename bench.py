@@ -15,8 +15,8 @@ clip (the models compared are listed in `variants`); (2) peak memory of
 whole-video inference, streamed (qshift.predict_video) beside the video run as one clip; (3) 16-frame training
 clips per second from VSPW-like 480p files on one loader worker; (4) the confusion-matrix update per 480p frame.
 Time ratios come from blocks of runs A B B A after a warm-up: the median of the blocks' ratios, with blocks added
-until its 95% bootstrap interval is within ±--precision (0.5%) or --budget seconds per ratio are spent (see
-side_by_side). A control pair, the frame-by-frame model timed against itself, shows the timing's noise floor.
+until its 95% interval is within ±--precision (0.5%) or --budget seconds per ratio are spent (see side_by_side).
+A control pair, the frame-by-frame model timed against itself, shows the timing's noise floor.
 On the CPU the models are timed on this process's CPU time, which leaves out the time other jobs hold the cores.
 CPU memory is read from Linux's /proc (peak resident set size), so the CPU memory figures need Linux.
 """
@@ -28,7 +28,7 @@ import re
 
 from cli import fail, make_parser
 
-QUICK = dict(frames=4, size=64, min_blocks=4, budget=30.0, mem_frames=[16, 64], mem_size=64, clips=6)
+QUICK = dict(frames=4, size=64, min_blocks=3, budget=40.0, mem_frames=[16, 64], mem_size=64, clips=6)
 
 
 def positive(text):
@@ -91,6 +91,7 @@ import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 
 import numpy as np  # noqa: E402
+from scipy.stats import binom  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
@@ -153,20 +154,22 @@ def side_by_side(fa, fb, device, budget, precision=0.005, min_blocks=5, warmup=1
 
     The runs come in blocks A B B A, so that load that drifts hits both alike: the block's ratio, B's two runs over
     A's two, cancels a load that changes linearly over the block and the cost (or gain) of running first. The median
-    of the blocks' ratios leaves out the blocks that a burst of another job hit. Its spread is a 95% bootstrap
-    interval (the 2.5 and 97.5 percentiles of the medians of 1000 resamples of the blocks, drawn with a fixed seed).
-    After `warmup` runs of each and min_blocks blocks, blocks are added until both ends of the interval lie within
-    ±precision of the median (precise) or `budget` seconds of wall time, the warm-up included, have passed (not
-    precise). clock: what times a run (default: model_clock(device)).
+    of the blocks' ratios leaves out the blocks that a burst of another job hit. Its spread is the 95% interval of a
+    median that holds whatever the ratios' distribution: each block's ratio falls below the true median with
+    probability 1/2, so of n sorted ratios the k-th smallest and the k-th largest enclose it unless fewer than k fall
+    on one side, which happens with probability 2 P(Binomial(n, 1/2) < k); k is the largest that keeps this <= 5%.
+    Below 6 blocks none does: the interval is then all their range, and not precise. After `warmup` runs of each and
+    min_blocks blocks, blocks are added until both ends of the interval lie within ±precision of the median (precise)
+    or `budget` seconds of wall time, the warm-up included, have passed. clock: what times a run (default:
+    model_clock(device)).
 
     Returns a dict: a_s, b_s (median seconds of one run of fa, of fb), ratio (median of the blocks' ratios),
-    interval [low, high] (its 95% bootstrap interval), blocks (the number timed) and precise.
+    interval [low, high] (its 95% interval), blocks (the number timed) and precise.
     """
     clock = clock or model_clock(device)
     deadline = time.perf_counter() + budget
     for _ in range(warmup):
         fa(), fb()
-    rng = np.random.default_rng(0)
     blocks = []  # (mean seconds of fa's two runs, of fb's two runs)
     while True:
         a = timed(fa, device, clock)
@@ -175,15 +178,15 @@ def side_by_side(fa, fb, device, budget, precision=0.005, min_blocks=5, warmup=1
         blocks.append((a / 2, b / 2))
         if len(blocks) < min_blocks:
             continue
-        ratios = np.array([b / a for a, b in blocks])
-        ratio = np.median(ratios)
-        low, high = np.percentile(np.median(rng.choice(ratios, (1000, len(ratios))), axis=1), [2.5, 97.5])
-        precise = bool(max(ratio - low, high - ratio) <= precision * ratio)
+        n, ratios = len(blocks), np.sort([b / a for a, b in blocks])
+        k = int((binom.cdf(np.arange(n), n, 0.5) <= 0.025).sum())  # P(Binomial(n, 1/2) < k) <= 2.5%; 0 if n < 6
+        ratio, low, high = np.median(ratios), ratios[max(k, 1) - 1], ratios[n - max(k, 1)]
+        precise = k > 0 and max(ratio - low, high - ratio) <= precision * ratio
         if precise or time.perf_counter() > deadline:
             break
     a_s, b_s = np.median(blocks, axis=0)
     return {"a_s": float(a_s), "b_s": float(b_s), "ratio": float(ratio), "interval": [float(low), float(high)],
-            "blocks": len(blocks), "precise": precise}
+            "blocks": n, "precise": bool(precise)}
 
 
 # -----------------------------------------------------------------------------
@@ -221,7 +224,7 @@ def model_cost(models, frames, size, device, amp=False, **timing):
 
     Returns one dict per model: name, against; forward_ms, train_step_ms (median ms per clip, on model_clock);
     forward_fps, train_step_fps (frames per second); forward_ratio, train_step_ratio (median time ratio to `against`,
-    blocks A B B A), with their _interval (95% bootstrap interval), _blocks and _precise (side_by_side's; all None for
+    blocks A B B A), with their _interval (95% interval), _blocks and _precise (side_by_side's; all None for
     the baseline); forward_peak_mib, train_step_peak_mib (peak device memory, None on the CPU); match_pct (for
     models that match: match_queries alone on this clip's queries, in percent of the model's forward time, else
     None). And the milliseconds of match_queries alone. amp: bf16 autocast.

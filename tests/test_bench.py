@@ -41,12 +41,28 @@ def time_fakes(fakes, ratio, **timing):
     return bench.side_by_side(fakes.run("A", 1.0), fakes.run("B", ratio), "cpu", clock=fakes.clock, **timing)
 
 
-def test_exact_runs_stop_at_min_blocks_of_a_b_b_a():
+def test_exact_runs_stop_at_6_blocks_of_a_b_b_a_the_fewest_that_hold_the_median_to_95_percent():
     fakes = FakeRuns()
     t = time_fakes(fakes, 1.25, budget=1e9, min_blocks=3)
-    assert t["precise"] and t["blocks"] == 3 and t["ratio"] == pytest.approx(1.25)
+    assert t["precise"] and t["blocks"] == 6 and t["ratio"] == pytest.approx(1.25)
     assert t["interval"] == pytest.approx([1.25, 1.25]) and (t["a_s"], t["b_s"]) == pytest.approx((1.0, 1.25))
-    assert "".join(fakes.log) == "AB" + "ABBA" * 3  # the warm-up, then the blocks
+    assert "".join(fakes.log) == "AB" + "ABBA" * 6  # the warm-up, then the blocks
+    few = time_fakes(FakeRuns(), 1.25, budget=0, min_blocks=5)  # 5 blocks: no interval holds 95%, not precise
+    assert few["blocks"] == 5 and not few["precise"] and few["interval"] == pytest.approx([1.25, 1.25])
+
+
+def test_the_interval_runs_from_the_kth_smallest_to_the_kth_largest_block():
+    ratios = [1.0, 1.3, 0.9, 1.1, 1.2, 0.8, 1.05, 0.95, 1.15, 0.85]  # one per block: B's time, A's is 1
+    seconds = iter(s for ratio in ratios for s in (1.0, ratio, ratio, 1.0))  # the runs of the blocks A B B A
+    now = [0.0]
+
+    def run():  # A and B alike: the next run's seconds
+        now[0] += next(seconds)
+
+    t = bench.side_by_side(run, run, "cpu", budget=0, min_blocks=10, warmup=0, clock=lambda: now[0])
+    # 10 blocks: P(Binomial(10, 1/2) < 2) = 11/1024 <= 2.5% < P(... < 3) = 56/1024, so the 2nd smallest to the
+    # 2nd largest (a 97.9% interval)
+    assert t["blocks"] == 10 and t["ratio"] == pytest.approx(1.025) and t["interval"] == pytest.approx([0.85, 1.2])
 
 
 def test_noisy_runs_take_blocks_until_the_interval_is_within_the_precision():
@@ -57,13 +73,13 @@ def test_noisy_runs_take_blocks_until_the_interval_is_within_the_precision():
         assert max(t["ratio"] - low, high - t["ratio"]) <= precision * t["ratio"]
         assert t["ratio"] == pytest.approx(1.1, rel=2 * precision)  # near the known ratio (a 95% interval, which
         # a rule that stops once it is narrow enough misses a little more often than 1 in 20)
-    assert 5 < loose["blocks"] < tight["blocks"]  # more than min_blocks (5) were needed, and more for ±0.5%
+    assert 6 < loose["blocks"] < tight["blocks"]  # more than the fewest (6) were needed, and more for ±0.5%
 
 
 def test_the_budget_stops_it_short_of_the_precision_and_says_so():
-    t = time_fakes(FakeRuns(noise=0.03), 1.1, budget=0, min_blocks=4)
+    t = time_fakes(FakeRuns(noise=0.03), 1.1, budget=0, min_blocks=8)
     low, high = t["interval"]
-    assert t["blocks"] == 4 and not t["precise"] and max(t["ratio"] - low, high - t["ratio"]) > 0.005 * t["ratio"]
+    assert t["blocks"] == 8 and not t["precise"] and max(t["ratio"] - low, high - t["ratio"]) > 0.005 * t["ratio"]
 
 
 @pytest.mark.parametrize("ratio", [1.0, 1.1])
