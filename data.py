@@ -40,13 +40,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from qshift import frames_to_pixel_values  # the normalisation of qshift.MEAN and STD (ImageNet)
+
 IGNORE_INDEX = 255
 NO_OBJECT = 255  # synthetic object_ids of pixels that show no object (background, padding)
-MEAN = (0.485, 0.456, 0.406)  # ImageNet, as MaskFormer's image processor
-STD = (0.229, 0.224, 0.225)
 SCALES = (0.5, 2.0)  # range of the random training scale
-_MEAN255 = torch.tensor(MEAN).view(3, 1, 1) * 255
-_STD255 = torch.tensor(STD).view(3, 1, 1) * 255
 
 CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
                       "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
@@ -172,7 +170,7 @@ class ClipDataset(Dataset):
             region, size, flip = _random_geometry(H, W, self.crop, rng)
             out = self.crop or size
         pixels = _warp(torch.from_numpy(images).permute(0, 3, 1, 2), region, size, flip, out, "bilinear", 0)
-        item = {"pixel_values": pixels.float().sub_(_MEAN255).div_(_STD255)}  # (T, 3, H, W)
+        item = {"pixel_values": frames_to_pixel_values(pixels.permute(0, 2, 3, 1))}  # (T, 3, H, W), as qshift's
         if labels is not None:
             labels = _warp(torch.from_numpy(labels)[:, None], region, size, flip, out, "nearest-exact", IGNORE_INDEX)
             item["labels"] = torch.from_numpy(self.lut[labels[:, 0].numpy()])  # (T, H, W) int64 classes

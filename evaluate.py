@@ -320,7 +320,7 @@ def colorize(labels, colours):
 
 def to_rgb(pixel_values):
     """Normalised pixel_values (3, H, W) -> uint8 RGB (H, W, 3)."""
-    mean, std = torch.tensor(data.MEAN).view(3, 1, 1), torch.tensor(data.STD).view(3, 1, 1)
+    mean, std = torch.tensor(qshift.MEAN).view(3, 1, 1), torch.tensor(qshift.STD).view(3, 1, 1)
     rgb = (pixel_values.float().cpu() * std + mean).clamp(0, 1).mul(255).round().byte()
     return rgb.permute(1, 2, 0).numpy()
 

@@ -16,11 +16,16 @@ Sec. 3.2 names other places a shift can act. `shift_at` picks any of three, each
         -> class and mask heads -> class logits (B*T, Q, L+1), mask logits (B*T, Q, H/4, W/4)
 
 Whole videos run in bounded memory with `stream_logits` / `predict_video`, exactly as one whole-clip run.
-Copy this file into your project; it needs torch, scipy and transformers.
+Copy this file into your project; it needs torch, scipy and transformers. In short:
+
+    model = QShiftSegmenter.from_pretrained("RUN/best" or a hub id).eval()   # settings from config.json's "qshift"
+    pixel_values = frames_to_pixel_values(frames)          # uint8 (T, H, W, 3) -> normalised float (T, 3, H, W)
+    maps = list(predict_video(model, pixel_values))        # T class maps (H, W); names: model.model.config.id2label
 """
 import itertools
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -38,6 +43,30 @@ from transformers.models.maskformer.modeling_maskformer import MaskFormerForInst
 # model): harmless, and silenced here, this one message only.
 logging.getLogger("transformers.models.maskformer.configuration_maskformer").addFilter(
     lambda record: not record.getMessage().startswith("Backbone maskformer-swin is not a supported model"))
+
+# -----------------------------------------------------------------------------
+# The input: frames normalised as MaskFormer's image processor does, as in training (data.py uses these)
+
+MEAN = (0.485, 0.456, 0.406)  # ImageNet's, per RGB channel, of pixel values in [0, 1]
+STD = (0.229, 0.224, 0.225)
+
+
+def frames_to_pixel_values(frames):
+    """uint8 RGB frames -> the model's pixel_values, normalised as in training: (x / 255 - MEAN) / STD.
+
+    frames: (T, H, W, 3) uint8, a numpy array or a tensor (on any device), or a list of T PIL images of one size.
+    Returns float32 (T, 3, H, W) on the frames' device (the CPU for numpy and PIL): predict_video takes it as it is,
+    model(pixel_values[None]) runs it as one clip. No resizing: the model takes any size (its masks come at H/4).
+    """
+    if isinstance(frames, (list, tuple)):
+        frames = np.stack([np.asarray(f.convert("RGB") if hasattr(f, "convert") else f) for f in frames])
+    frames = torch.as_tensor(frames)
+    if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 RGB of shape (T, H, W, 3), not {frames.dtype} {tuple(frames.shape)}")
+    mean255 = torch.tensor(MEAN, device=frames.device).view(3, 1, 1) * 255
+    std255 = torch.tensor(STD, device=frames.device).view(3, 1, 1) * 255
+    return frames.permute(0, 3, 1, 2).float().sub_(mean255).div_(std255)  # (T, 3, H, W)
+
 
 # -----------------------------------------------------------------------------
 # Sec. 3.2: feature shift
@@ -190,6 +219,10 @@ class QShiftSegmenter(nn.Module):
     the queries only: with "queries" not in shift_at, no matching runs and settings() records match=False.
     shift_div=0 is the frame-by-frame image model. The auxiliary predictions of the earlier decoder layers (HF's
     auxiliary loss) stay as the image model computes them, unshifted.
+
+    Its output holds class_logits (B*T, Q, L+1) and mask logits at a quarter of the frames' size, (B*T, Q, H/4, W/4):
+    semantic_segmentation(..., size=(H, W)) turns them into class maps at the frames' size. The L class names are
+    model.model.config.id2label (the last of the L+1 class logits is the null class, "no object").
     """
 
     def __init__(self, model, shift_div=16, match=True, causal=False, shift_at=("queries",), match_by="queries"):
@@ -394,11 +427,13 @@ def stream_logits(model, frames, chunk=8, amp=False):
 
 @torch.no_grad()
 def predict_video(model, frames, chunk=8, amp=False, clip_len=None):
-    """Per-frame class maps of one video, streamed: yields (H, W) int64 tensors on the model's device.
+    """Per-frame class maps of one video, streamed: yields (H, W) int64 tensors on the model's device, at the
+    frames' size, of class ids named by model.model.config.id2label.
 
-    frames: iterable of pixel_values (3, H, W) of one video. Without clip_len the maps are those of the whole video
-    run as one clip (see stream_logits); clip_len=T runs independent clips of T frames instead (the last one
-    shorter), with zeros shifted in at every clip's ends, as in training. A causal model runs online.
+    frames: iterable of pixel_values (3, H, W) of one video (e.g. frames_to_pixel_values' (T, 3, H, W)). Without
+    clip_len the maps are those of the whole video run as one clip (see stream_logits); clip_len=T runs independent
+    clips of T frames instead (the last one shorter), with zeros shifted in at every clip's ends, as in training. A
+    causal model runs online with chunk=1: the map of frame t comes before frame t+1 is read.
     """
     frames = iter(frames)
     for first in frames:
@@ -416,7 +451,9 @@ def semantic_segmentation(class_logits, mask_logits, size=None):
     """Per-pixel classes from mask classification (MaskFormer's semantic inference), always in float32.
 
     class_logits (N, Q, L+1), mask_logits (N, Q, h, w) -> (N, H, W) int64 for size=(H, W) (None keeps (h, w)):
-    sum over queries of p(class) without the null class times sigmoid(mask), bilinear to size, argmax.
+    sum over queries of p(class) without the null class times sigmoid(mask), bilinear to size, argmax. The model's
+    mask logits come at a quarter of the frames' size, h, w = H/4, W/4: pass the frames' (H, W) for maps at their
+    size. The values are class ids 0..L-1, named by model.model.config.id2label.
     HF's Mask2Former post-processing first resizes the mask logits to 384x384; this does not (see README).
     """
     with torch.autocast(class_logits.device.type, enabled=False):  # bf16 scores would flip close argmaxes

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import data
+import qshift
 from data import IGNORE_INDEX, DataError, build_dataset, collate
 
 H, W = 6, 8  # frame size of the small trees
@@ -57,7 +58,7 @@ def make_clips(root, videos, classes=None):
 
 def denormalise(pixel_values):
     """float (..., 3, H, W) -> the uint8 values it was made from, as floats."""
-    mean, std = torch.tensor(data.MEAN).view(3, 1, 1), torch.tensor(data.STD).view(3, 1, 1)
+    mean, std = torch.tensor(qshift.MEAN).view(3, 1, 1), torch.tensor(qshift.STD).view(3, 1, 1)
     return (pixel_values * std + mean) * 255
 
 
@@ -80,7 +81,7 @@ def test_vspw_shapes_normalisation_and_label_mapping(tmp_path):
     assert ds.to_raw(item["labels"][0]).dtype == np.uint8
     assert ds.to_raw(item["labels"][0])[0].tolist() == [0, 1, 124, 0, 7, 7, 7, 7]
     # ImageNet normalisation of the frame's colour (JPEG: within a few levels)
-    expected = (torch.tensor([10.0, 100, 200]) / 255 - torch.tensor(data.MEAN)) / torch.tensor(data.STD)
+    expected = (torch.tensor([10.0, 100, 200]) / 255 - torch.tensor(qshift.MEAN)) / torch.tensor(qshift.STD)
     assert torch.allclose(item["pixel_values"][1, :, 2, 3], expected, atol=0.1)
     frame = ds.frame(0, 1)
     assert frame["name"] == "00000002" and torch.equal(frame["pixel_values"], item["pixel_values"][1])

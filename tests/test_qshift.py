@@ -8,8 +8,8 @@ from transformers import Mask2FormerImageProcessor, MaskFormerImageProcessor
 from transformers.models.maskformer.modeling_maskformer import MaskFormerForInstanceSegmentationOutput
 
 from qshift import FAMILIES as FAMILY_CLASSES
-from qshift import (QShiftMaskFormer, QShiftSegmenter, build_model, match_queries, predict_video,
-                    semantic_segmentation, shift_queries, stream_logits, temporal_shift, tiny_config)
+from qshift import (QShiftMaskFormer, QShiftSegmenter, build_model, frames_to_pixel_values, match_queries,
+                    predict_video, semantic_segmentation, shift_queries, stream_logits, temporal_shift, tiny_config)
 
 # -----------------------------------------------------------------------------
 # temporal_shift (Eq. 1)
@@ -423,3 +423,24 @@ def test_semantic_maps_stay_float32_under_autocast():
     expected = semantic_segmentation(class_logits, mask_logits, (64, 96))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(semantic_segmentation(class_logits, mask_logits, (64, 96)), expected)
+
+
+# -----------------------------------------------------------------------------
+# the input: uint8 frames -> pixel_values
+
+
+def test_frames_to_pixel_values_normalises_as_hfs_image_processor_from_numpy_tensors_and_pil():
+    from PIL import Image
+    frames = np.random.default_rng(0).integers(0, 256, (3, 10, 14, 3), dtype=np.uint8)  # (T, H, W, 3)
+    ours = frames_to_pixel_values(frames)
+    assert ours.shape == (3, 3, 10, 14) and ours.dtype == torch.float32
+    theirs = MaskFormerImageProcessor(do_resize=False)(list(frames), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    assert torch.equal(frames_to_pixel_values(torch.from_numpy(frames)), ours)
+    assert torch.equal(frames_to_pixel_values([Image.fromarray(f) for f in frames]), ours)
+    grey = [Image.fromarray(f[..., 0]) for f in frames]  # any PIL mode is taken as RGB
+    assert torch.equal(frames_to_pixel_values(grey), frames_to_pixel_values(np.repeat(frames[..., :1], 3, -1)))
+    with pytest.raises(ValueError, match=r"uint8 RGB of shape \(T, H, W, 3\), not torch.float32"):
+        frames_to_pixel_values(frames.astype(np.float32))
+    with pytest.raises(ValueError, match=r"not torch.uint8 \(3, 3, 10, 14\)"):
+        frames_to_pixel_values(frames.transpose(0, 3, 1, 2))  # channels first
