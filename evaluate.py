@@ -24,7 +24,7 @@ import math
 import re
 from pathlib import Path
 
-from cli import check_at_least, fail, first_line, make_parser
+from cli import check_at_least, check_checkpoint, fail, first_line, make_parser
 
 DATA_SETS = ("vspw", "cityscapes-vps", "clips", "synthetic")
 
@@ -70,10 +70,7 @@ def parse_args(argv=None):
             fail(f"--out {args.out}: no such folder {Path(args.out).parent}")
         return args
     checkpoint = Path(args.checkpoint)
-    if not checkpoint.is_dir():
-        fail(f"--checkpoint {checkpoint}: no such folder")
-    if not (checkpoint / "qshift.json").is_file():
-        fail(f"--checkpoint {checkpoint}: not a qshift checkpoint (no qshift.json; train.py writes RUN/best)")
+    check_checkpoint("--checkpoint", checkpoint)
     config = checkpoint.parent / "config.json"  # what train.py ran
     trained = {}
     if config.is_file():

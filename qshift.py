@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from huggingface_hub import HfApi
 from scipy.optimize import linear_sum_assignment
 from transformers import (AutoConfig, DetrConfig, Mask2FormerConfig, Mask2FormerForUniversalSegmentation,
                           MaskFormerConfig, MaskFormerForInstanceSegmentation, SwinConfig)
@@ -196,12 +197,15 @@ class Family(NamedTuple):
     hf_class: type  # the HF model with heads
     decode: Callable  # (model, features, aux) -> queries, pixel embeddings, earlier layers' queries
     mask_mlp: Callable  # model -> the MLP that turns a query into its mask embedding
+    image_processor: str  # the HF image processor's type, in preprocessor_config.json
 
 
 FAMILIES = {  # config.model_type -> Family
-    "maskformer": Family(MaskFormerForInstanceSegmentation, decode_maskformer, lambda model: model.mask_embedder),
+    "maskformer": Family(MaskFormerForInstanceSegmentation, decode_maskformer, lambda model: model.mask_embedder,
+                         "MaskFormerImageProcessor"),
     "mask2former": Family(Mask2FormerForUniversalSegmentation, decode_mask2former,
-                          lambda model: model.model.transformer_module.decoder.mask_predictor.mask_embedder),
+                          lambda model: model.model.transformer_module.decoder.mask_predictor.mask_embedder,
+                          "Mask2FormerImageProcessor"),
 }
 
 # -----------------------------------------------------------------------------
@@ -314,13 +318,33 @@ class QShiftSegmenter(nn.Module):
             transformer_decoder_last_hidden_state=shifted.flatten(0, 1))
 
     def settings(self):
+        """What makes this model more than the image model: the keyword arguments of __init__ that rebuild it."""
         return {"shift_div": self.shift_div, "match": self.match, "causal": self.causal,
                 "shift_at": list(self.shift_at), "match_by": self.match_by}
 
     def save_pretrained(self, directory):
-        """Write the HF model (config + safetensors) and the qshift settings (qshift.json) to `directory`."""
+        """Write the HF model to `directory`: config.json, which carries settings() as its "qshift" entry (so that
+        any copy of the config, on the Hub too, rebuilds this model), the weights (model.safetensors), and the image
+        processor of training's normalisation (preprocessor_config.json, for AutoImageProcessor.from_pretrained)."""
+        self.model.config.qshift = self.settings()
         self.model.save_pretrained(directory)
-        (Path(directory) / "qshift.json").write_text(json.dumps(self.settings(), indent=2) + "\n")
+        # written as JSON, not through an image processor class: transformers 5 names its classes by backend
+        # (torchvision or PIL) and warns without torchvision; the file reads the same in either backend
+        processor = {"image_processor_type": FAMILIES[self.family].image_processor, "do_resize": False,
+                     "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(MEAN),
+                     "image_std": list(STD), "do_reduce_labels": False, "ignore_index": 255}
+        (Path(directory) / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+
+    def push_to_hub(self, repo_id, data=None, scores=None, private=None, token=None, commit_message="Upload model"):
+        """Upload save_pretrained's files and a model card (README.md, see model_card) to the Hub repo repo_id,
+        created if it does not exist. data: the data set it was trained on; scores: {name: value}, for the card.
+        Returns huggingface_hub's CommitInfo."""
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            (Path(folder) / "README.md").write_text(model_card(self, repo_id, data, scores))
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
 
     @classmethod
     def from_pretrained(cls, name_or_path, num_labels=None, id2label=None, shift_div=None, match=None, causal=None,
@@ -328,14 +352,12 @@ class QShiftSegmenter(nn.Module):
         """Load a MaskFormer or Mask2Former (HF hub id or local directory) or a directory written by save_pretrained.
 
         The family follows the checkpoint's config (model_type). num_labels different from the checkpoint's replaces
-        the class head (e.g. ADE20K's 150 -> VSPW's 124). Settings given here win over saved ones (qshift.json); the
-        rest take __init__'s defaults, the paper's setting, so an image checkpoint is fine-tuned with the shift on
-        (Sec. 4.2.1).
+        the class head (e.g. ADE20K's 150 -> VSPW's 124). Settings given here win over saved ones (config.json's
+        "qshift" entry, or the qshift.json beside the config of a checkpoint from an earlier version); the rest take
+        __init__'s defaults, the paper's setting, so an image checkpoint is fine-tuned with the shift on (Sec. 4.2.1).
+        kwargs go to the HF model's from_pretrained (cache_dir, revision, local_files_only and token also to its
+        config's).
         """
-        settings_file = Path(name_or_path) / "qshift.json"
-        settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
-        given = dict(shift_div=shift_div, match=match, causal=causal, shift_at=shift_at, match_by=match_by)
-        settings.update({k: v for k, v in given.items() if v is not None})
         hub_kwargs = {k: v for k, v in kwargs.items() if k in ("cache_dir", "revision", "local_files_only", "token")}
         try:
             config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
@@ -345,6 +367,14 @@ class QShiftSegmenter(nn.Module):
                           f"the cache, or pass a local directory ({str(e).splitlines()[0]})") from None
         if config.model_type not in FAMILIES:
             raise ValueError(f"'{name_or_path}' is a {config.model_type} model, not a MaskFormer or Mask2Former")
+        old_settings = Path(name_or_path) / "qshift.json"
+        settings = getattr(config, "qshift", None)
+        if settings is None:
+            settings = json.loads(old_settings.read_text()) if old_settings.is_file() else {}
+        if not isinstance(settings, dict):
+            raise ValueError(f"'{name_or_path}': its qshift settings are not a JSON object of setting: value")
+        given = dict(shift_div=shift_div, match=match, causal=causal, shift_at=shift_at, match_by=match_by)
+        settings = {**settings, **{k: v for k, v in given.items() if v is not None}}
         if num_labels is not None and num_labels != config.num_labels:
             config.num_labels = num_labels
             config.id2label = id2label or {i: f"class_{i}" for i in range(num_labels)}
@@ -357,6 +387,80 @@ class QShiftSegmenter(nn.Module):
 
 
 QShiftMaskFormer = QShiftSegmenter  # the name of earlier versions; it also wraps Mask2Former
+
+# -----------------------------------------------------------------------------
+# Sharing on the Hugging Face Hub
+
+SETTING_MEANINGS = {  # settings() in words, for model cards
+    "shift_div": "1/shift_div of the channels are shifted in time, half from frame t-1 and half from frame t+1 "
+                 "(Eq. 1); 0 is the image model run frame by frame",
+    "shift_at": "where the channels are shifted: the decoded queries (the paper's place), the pixel embeddings or "
+                "the backbone's feature maps",
+    "match": "each frame's queries are matched to the previous frame's (Hungarian algorithm, Eq. 2) before the shift",
+    "match_by": "what the matching compares: the queries' cosine similarity (Eq. 2) or their predicted masks'",
+    "causal": "online: every shifted channel comes from frame t-1, none from a later frame",
+}
+
+
+def model_card(model, repo_id, data=None, scores=None):
+    """A short model card (a Hub repo's README.md) for a QShiftSegmenter: its settings and what they mean, how to
+    load it with qshift and with plain transformers, its classes, and the data set and scores where given."""
+    hf_class = FAMILIES[model.family].hf_class.__name__
+    rows = [f"| {key} | {json.dumps(value)} | {SETTING_MEANINGS.get(key, 'see qshift.py')} |"
+            for key, value in model.settings().items()]
+    trained = f"Trained on {data}." if data else "The data set it was trained on was not given."
+    scored = "No scores were given."
+    if scores:
+        scored = "\n".join(["| " + " | ".join(scores) + " |", "|" + "---:|" * len(scores),
+                            "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v)
+                                              for v in scores.values()) + " |"])
+    classes = ", ".join(f"{i} {name}" for i, name in model.model.config.id2label.items())
+    return f"""---
+library_name: transformers
+pipeline_tag: image-segmentation
+tags: [video-semantic-segmentation, qshift, {model.family}]
+---
+
+# {repo_id}
+
+A {hf_class} that segments videos with shifted and matched queries (Mizuno and Tamaki, "Shift and matching queries
+for video semantic segmentation"): the image model runs on every frame, and a fraction of its decoded query channels
+comes from the neighbouring frames. {trained}
+
+{scored}
+
+## Settings
+
+They are config.json's `qshift` entry.
+
+| setting | value | meaning |
+|---|---|---|
+{chr(10).join(rows)}
+
+## Use
+
+With qshift.py (one file; it needs torch, scipy and transformers):
+
+```python
+import qshift
+model = qshift.QShiftSegmenter.from_pretrained("{repo_id}").eval()
+pixel_values = qshift.frames_to_pixel_values(frames)  # uint8 (T, H, W, 3) -> (T, 3, H, W)
+maps = list(qshift.predict_video(model, pixel_values))  # T class maps (H, W)
+names = model.model.config.id2label
+```
+
+With transformers alone: the image model, frame by frame (the shift needs qshift.py):
+
+```python
+from transformers import AutoImageProcessor, {hf_class}
+model = {hf_class}.from_pretrained("{repo_id}")
+processor = AutoImageProcessor.from_pretrained("{repo_id}")
+```
+
+## Classes
+
+{classes}
+"""
 
 # -----------------------------------------------------------------------------
 # Whole videos in bounded memory (inference), exactly as one whole-clip run

@@ -484,8 +484,12 @@ def bad_checkpoints(checkpoint, tmp_path_factory):
     weights = root / "weights" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated
     (root / "config" / "config.json").write_text("{not json")
-    (root / "settings" / "qshift.json").write_text("[1, 2")
+    config = json.loads((root / "settings" / "config.json").read_text())
+    (root / "settings" / "config.json").write_text(json.dumps({**config, "qshift": [1, 2]}))
+    qshift.build_model(qshift.tiny_config(4), 8, True).model.save_pretrained(root / "old-settings")
+    (root / "old-settings" / "qshift.json").write_text("[1, 2")  # an earlier version's settings file, corrupt
     (root / "no-qshift").mkdir()
+    qshift.build_model(qshift.tiny_config(4), 8, True).model.save_pretrained(root / "image-model")
     qshift.build_model(qshift.tiny_config(3), 8, True).save_pretrained(root / "three-classes")
     (root / "corrupt-run").mkdir()
     (root / "corrupt-run" / "eval-val.json").write_text("{")
@@ -498,8 +502,10 @@ def bad_checkpoints(checkpoint, tmp_path_factory):
     (["--checkpoint", "{bad}/missing", "--data", "synthetic"], "no such folder"),
     (["--checkpoint", "{bad}/no-qshift", "--data", "synthetic"], "not a qshift checkpoint"),
     (["--checkpoint", "{bad}/weights", "--data", "synthetic"], "cannot load"),
-    (["--checkpoint", "{bad}/config", "--data", "synthetic"], "cannot load"),
+    (["--checkpoint", "{bad}/image-model", "--data", "synthetic"], "no qshift settings"),
+    (["--checkpoint", "{bad}/config", "--data", "synthetic"], "cannot read"),
     (["--checkpoint", "{bad}/settings", "--data", "synthetic"], "cannot load"),
+    (["--checkpoint", "{bad}/old-settings", "--data", "synthetic"], "cannot load"),
     (["--checkpoint", "{bad}/three-classes", "--data", "synthetic"], "4 classes, but the checkpoint"),
     (["--checkpoint", "{good}", "--data", "synthetic", "--split", "bogus"], "unknown split"),
     (["--checkpoint", "{good}", "--data", "vspw", "--root", "{bad}/missing"], "no such dataset folder"),
