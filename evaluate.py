@@ -322,6 +322,32 @@ def to_rgb(pixel_values):
     return rgb.permute(1, 2, 0).numpy()
 
 
+LEGEND_LINE, LEGEND_SWATCH = 16, 12  # pixels: a legend's line height, the side of a class's colour square
+
+
+def legend_layout(classes, class_names, width, font):
+    """Where a legend of classes goes in a picture `width` pixels wide: [(class, "id name", x, y)], the entries in the
+    order given, wrapped into lines LEGEND_LINE apart (y from 0)."""
+    entries, x, y = [], 4, 0
+    for c in classes:
+        text = f"{c} {class_names[c]}"
+        size = LEGEND_SWATCH + 4 + font.getbbox(text)[2]
+        if x + size > width and x > 4:
+            x, y = 4, y + LEGEND_LINE
+        entries.append((c, text, x, y))
+        x += size + 12
+    return entries
+
+
+def draw_legend(draw, entries, colours, top, font):
+    """Draw legend_layout's entries with ImageDraw draw, their first line at `top`: a square of each class's colour
+    (class_colours), then its id and name."""
+    for c, text, x, y in entries:
+        draw.rectangle([x, top + y + 2, x + LEGEND_SWATCH - 1, top + y + LEGEND_SWATCH + 1],
+                       fill=tuple(colours[c].tolist()))
+        draw.text((x + LEGEND_SWATCH + 4, top + y), text, fill="black", font=font)
+
+
 def draw_video(rows, class_names, colours):
     """A picture like the paper's Figures 2-3: one row per frame, columns image, ground truth (if any), prediction.
 
@@ -338,19 +364,12 @@ def draw_video(rows, class_names, colours):
              for _, x, y, p in rows]
     present = sorted({int(c) for _, _, y, p in rows for m in (y, p) if m is not None for c in m.unique()}
                      - {data.IGNORE_INDEX})
-    font, line, swatch, gap = ImageFont.load_default(), 16, 12, 2  # gap: white between cells
+    font, line, gap = ImageFont.load_default(), LEGEND_LINE, 2  # gap: white between cells
     left = 8 + max(font.getbbox(text)[2] for text in ["frame"] + [str(t) for t, *_ in rows])  # the frame numbers
     width = left + len(titles) * (w + gap) - gap
-    entries, x, y = [], 4, 0  # the legend: swatch and "id name", wrapped at the picture's width
-    for c in present:
-        text = f"{c} {class_names[c]}"
-        size = swatch + 4 + font.getbbox(text)[2]
-        if x + size > width and x > 4:
-            x, y = 4, y + line
-        entries.append((c, text, x, y))
-        x += size + 12
+    entries = legend_layout(present, class_names, width, font)
     top, bottom = line, line + len(rows) * (h + gap)  # the grid's rows
-    picture = Image.new("RGB", (width, bottom + (y + line + 4 if present else 0)), "white")
+    picture = Image.new("RGB", (width, bottom + (entries[-1][3] + line + 4 if entries else 0)), "white")
     draw = ImageDraw.Draw(picture)
     for col, title in enumerate(["frame"] + titles):
         draw.text((2 if col == 0 else left + (col - 1) * (w + gap) + 2, 2), title, fill="black", font=font)
@@ -358,9 +377,7 @@ def draw_video(rows, class_names, colours):
         draw.text((2, top + r * (h + gap) + 2), str(rows[r][0]), fill="black", font=font)
         for col, cell in enumerate(row):
             picture.paste(cell, (left + col * (w + gap), top + r * (h + gap)))
-    for c, text, x, y in entries:
-        draw.rectangle([x, bottom + y + 2, x + swatch - 1, bottom + y + swatch + 1], fill=tuple(colours[c].tolist()))
-        draw.text((x + swatch + 4, bottom + y), text, fill="black", font=font)
+    draw_legend(draw, entries, colours, bottom, font)
     return picture
 
 
