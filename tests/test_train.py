@@ -44,6 +44,12 @@ def test_a_short_run_learns_and_writes_loadable_checkpoints(tmp_path):
         model = QShiftMaskFormer.from_pretrained(out / name)
         assert model.settings() == {"shift_div": 16, "match": True, "causal": False, "shift_at": ["queries"],
                                     "match_by": "queries"}
+    # the checkpoint's image processor gives the pixel_values that training read (no resizing: the frame as it is)
+    import data
+    from transformers import AutoImageProcessor
+    frames = data.build_dataset("synthetic", split="val", clip_len=None, train=False, num_videos=1)
+    pixel_values = AutoImageProcessor.from_pretrained(out / "best")(frames.images[0, 5], return_tensors="pt")
+    torch.testing.assert_close(pixel_values["pixel_values"][0], frames.frame(0, 5)["pixel_values"], atol=1e-5, rtol=0)
     state = torch.load(out / "last" / "train_state.pt", weights_only=False)
     assert state["step"] == 40
     assert not list(out.glob(".tmp-*")), "a temporary checkpoint was left behind"
