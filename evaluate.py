@@ -299,13 +299,13 @@ def _voc_palette():
 VOC_PALETTE = _voc_palette()
 
 
-def class_colours(dataset):
-    """(256, 3) uint8, the colour of each class id: the data set's own palette where it has one (synthetic: the
-    objects' colours; Cityscapes: the official one), else the PASCAL VOC colour map by VSPW's raw id (class + 1);
-    ignore is black."""
+def class_colours(palette=None):
+    """(256, 3) uint8, the colour of each class id: palette's where given ((K, 3) colours of classes 0..K-1: a data
+    set's own, e.g. synthetic's objects' colours or Cityscapes' official ones, or those a checkpoint keeps in its
+    config), else the PASCAL VOC colour map by VSPW's raw id (class + 1); ignore is black."""
     colours = VOC_PALETTE[(np.arange(256) + 1) % 256]
-    if dataset.palette is not None:
-        colours[:len(dataset.palette)] = dataset.palette
+    if palette is not None:
+        colours[:len(palette)] = palette
     colours[data.IGNORE_INDEX] = 0
     return colours
 
@@ -453,7 +453,7 @@ def evaluate(model, dataset, device=None, clip_len=None, amp=False, progress=Tru
     videos = range(len(dataset.videos))[:max_videos]
     mine = videos[rank::world]
     class_names = dataset.class_names or list(model.model.config.id2label.values())  # own frames without labels
-    colours = class_colours(dataset)
+    colours = class_colours(dataset.palette)
     palette = raw_palette(dataset, colours, len(class_names))
     scores = Scores(dataset.num_classes, len(videos), dataset.background_class, device)
     bar = tqdm(total=sum(len(dataset.videos[v][1]) for v in mine), unit="frame", disable=not progress or rank > 0)

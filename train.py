@@ -234,6 +234,8 @@ config.update(shift=resolved["shift_div"], match=resolved["match"], causal=resol
 if model.model.config.num_labels != train_set.num_classes:
     fail(f"--model {config['model']}: {model.model.config.num_labels} classes, the data set has "
          f"{train_set.num_classes}")
+if train_set.palette is not None:  # the data set's class colours go with its checkpoints, for predict.py's videos
+    model.model.config.palette = train_set.palette.tolist()
 
 # every input is good: only now the output folder, so that its error does not hide theirs
 replace_old_run = master and not args.resume and out.exists() and any(out.iterdir())

@@ -158,7 +158,7 @@ def test_evaluate_gives_the_whole_clip_predictions_saved_and_drawn(synthetic, ti
     results = evaluate.evaluate(tiny_model, synthetic, "cpu", progress=False, chunk=5,
                                 save_predictions=tmp_path / "pred", visualize=tmp_path / "vis", num_vis=1)
     assert tiny_model.training  # restored for the training loop
-    colours = evaluate.class_colours(synthetic)
+    colours = evaluate.class_colours(synthetic.palette)
     maps, labels = [], []
     for v, (video, frames) in enumerate(synthetic.videos):
         clip = synthetic[v]  # the whole video as one clip
@@ -186,7 +186,7 @@ def test_evaluate_gives_the_whole_clip_predictions_saved_and_drawn(synthetic, ti
 
 
 def test_synthetic_pictures_draw_each_class_in_its_own_colour(synthetic):
-    colours = evaluate.class_colours(synthetic)
+    colours = evaluate.class_colours(synthetic.palette)
     assert synthetic.class_names == ["background", "red", "green", "blue"]
     background, red, green, blue = colours[:4].astype(int)
     assert background.max() - background.min() < 10 and background.max() < 100  # a dark grey
