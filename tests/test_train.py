@@ -182,7 +182,8 @@ def test_flags_are_never_abbreviated_and_presets_are_in_help(tmp_path):
 @pytest.mark.parametrize("script,flags,status", [
     ("train.py", ["--help"], 0), ("train.py", ["--max-step", "5"], 2), ("train.py", ["--data", "vspw"], 2),
     ("evaluate.py", ["--help"], 0), ("evaluate.py", ["--checkpoint", "nowhere"], 2),
-    ("bench.py", ["--help"], 0), ("bench.py", ["--device", "tpu"], 2)])
+    ("bench.py", ["--help"], 0), ("bench.py", ["--device", "tpu"], 2),
+    ("predict.py", ["--help"], 0), ("predict.py", ["nowhere.mp4", "--checkpoint", "nowhere"], 2)])
 def test_help_and_flag_errors_answer_before_torch_loads(script, flags, status):
     code = ("import runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
             "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules, 'transformers' in sys.modules)")
