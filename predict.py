@@ -121,6 +121,8 @@ def read_input(path):
         container.close()
         raise data.DataError(f"{path}: no video stream in it")
     stream = container.streams.video[0]
+    if stream.width * stream.height < 1280 * 720:  # FFmpeg's decoding threads, one per core, pay off for large
+        stream.codec_context.thread_count = 1  # frames only: at 64x96 they cost 2.9 against 0.4 ms a frame here
     return decode(container, stream, path), stream.frames or None, stream.average_rate or 25
 
 
@@ -176,22 +178,34 @@ def segment(model, frames, chunk=8, amp=False):
 LEGEND_LINES = 2  # the video's legend: the classes in view, most pixels first, as many as fit in two lines
 
 
-def overlay(rgb, pred, class_names, colours, font):
-    """One frame of the output video: the frame rgb uint8 (h, w, 3) beside itself blended with the colours of its
-    map pred (h, w), over a legend of the classes in view (evaluate's legend); uint8 (H', W', 3), even sides (the
-    video's 4:2:0 colour needs them)."""
-    h, w = pred.shape
-    blend = (rgb.astype(np.uint16) + evaluate.colorize(pred, colours)) // 2  # half the frame, half its classes
-    counts = np.bincount(pred.ravel(), minlength=len(class_names))
-    in_view = [int(c) for c in np.argsort(-counts, kind="stable") if counts[c]]
-    width = 2 * w + 2
-    entries = [e for e in evaluate.legend_layout(in_view, class_names, width, font)
-               if e[3] < LEGEND_LINES * evaluate.LEGEND_LINE]
-    picture = Image.new("RGB", (width + width % 2, h + LEGEND_LINES * evaluate.LEGEND_LINE + 4 + h % 2), "white")
-    picture.paste(Image.fromarray(rgb), (0, 0))
-    picture.paste(Image.fromarray(blend.astype(np.uint8)), (w + 2, 0))
-    evaluate.draw_legend(ImageDraw.Draw(picture), entries, colours, h + 2, font)
-    return np.asarray(picture)
+class Overlay:
+    """The frames of the output video: overlay(rgb, pred) -> uint8 (H', W', 3), the frame rgb (h, w, 3) beside
+    itself blended with the colours (class_colours) of its map pred (h, w), over a legend of the classes in view
+    (evaluate's), most pixels first, as many as fit in LEGEND_LINES lines; even sides (the video's 4:2:0 colour needs
+    them). Each legend is drawn once and kept: text is what costs, and the classes in view seldom change."""
+
+    def __init__(self, class_names, colours):
+        self.class_names, self.colours, self.font, self.legends = class_names, colours, ImageFont.load_default(), {}
+
+    def legend(self, in_view, width):
+        """The legend of the classes in_view (a tuple) as uint8 (LEGEND_LINES * LEGEND_LINE + 4, width, 3)."""
+        if (in_view, width) not in self.legends:
+            entries = [e for e in evaluate.legend_layout(in_view, self.class_names, width, self.font)
+                       if e[3] < LEGEND_LINES * evaluate.LEGEND_LINE]
+            strip = Image.new("RGB", (width, LEGEND_LINES * evaluate.LEGEND_LINE + 4), "white")
+            evaluate.draw_legend(ImageDraw.Draw(strip), entries, self.colours, 2, self.font)
+            self.legends[in_view, width] = np.asarray(strip)
+        return self.legends[in_view, width]
+
+    def __call__(self, rgb, pred):
+        h, w = pred.shape
+        blend = (rgb.astype(np.uint16) + evaluate.colorize(pred, self.colours)) // 2  # half frame, half classes
+        counts = np.bincount(pred.ravel(), minlength=len(self.class_names))
+        in_view = tuple(int(c) for c in np.argsort(-counts, kind="stable") if counts[c])
+        white = np.full((h, 2, 3), 255, np.uint8)
+        picture = np.concatenate([np.concatenate([rgb, white, blend.astype(np.uint8)], 1),
+                                  self.legend(in_view, 2 * w + 2)])
+        return np.pad(picture, ((0, picture.shape[0] % 2), (0, 0), (0, 0)), constant_values=255)
 
 
 class VideoWriter:
@@ -206,7 +220,7 @@ class VideoWriter:
             self.container = av.open(str(self.path), "w")
             self.stream = self.container.add_stream("libx264", rate=self.fps)
             self.stream.height, self.stream.width = frame.shape[:2]
-            self.stream.pix_fmt, self.stream.options = "yuv420p", {"crf": "18"}  # 18: hardly a visible loss
+            self.stream.pix_fmt, self.stream.options = "yuv420p", {"crf": "18", "preset": "veryfast"}
         self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
 
     def close(self, complete=True):
@@ -218,13 +232,14 @@ class VideoWriter:
             self.container = None
 
 
-def write_frame(frame, pred, maps, video, class_names, colours, font):
-    """Write one frame's outputs: its map at the input's size as maps/<name>.png, its overlay into video."""
+def write_frame(frame, pred, maps, video, overlay):
+    """Write one frame's outputs: its map at the input's size as maps/<name>.png, its overlay (Overlay) into
+    video."""
     full = torch.from_numpy(pred)[None, None]
     if tuple(frame["size"]) != pred.shape:  # scaled back to the input's size (nearest: class ids)
         full = F.interpolate(full, size=frame["size"], mode="nearest-exact")
-    evaluate.save_prediction(full[0, 0].numpy(), maps / f"{frame['name']}.png", colours)
-    video.write(overlay(frame["rgb"], pred, class_names, colours, font))
+    evaluate.save_prediction(full[0, 0].numpy(), maps / f"{frame['name']}.png", overlay.colours)
+    video.write(overlay(frame["rgb"], pred))
 
 
 def predict_input(model, path, out, short_side=480, chunk=8, amp=False, overwrite=False):
@@ -242,7 +257,7 @@ def predict_input(model, path, out, short_side=480, chunk=8, amp=False, overwrit
     config = model.model.config
     class_names = [config.id2label[c] for c in range(config.num_labels)]
     colours = evaluate.class_colours(np.array(config.palette, np.uint8) if getattr(config, "palette", None) else None)
-    font = ImageFont.load_default()
+    overlay = Overlay(class_names, colours)
     n, size = 0, None
     bar = tqdm(total=count, unit="frame", desc=name, leave=False, disable=None)  # a bar on terminals only
     try:
@@ -256,7 +271,7 @@ def predict_input(model, path, out, short_side=480, chunk=8, amp=False, overwrit
                     raise data.DataError(f"{path}: frame {frame['name']} is {frame['size'][1]}x{frame['size'][0]}, "
                                          f"the first {size[1]}x{size[0]}")
                 writes.append(writer.submit(write_frame, frame, pred.to(torch.uint8).cpu().numpy(), tmp_maps,
-                                            video, class_names, colours, font))
+                                            video, overlay))
                 while len(writes) > chunk + 2 or (writes and writes[0].done()):  # a bounded backlog
                     writes.popleft().result()  # a failed write raises here
                 n += 1
