@@ -310,7 +310,7 @@ def load_model(checkpoint, device):
     except Exception as e:  # a broken checkpoint fails in many ways: json, safetensors, config, shapes, the hub
         fail(f"--checkpoint {checkpoint}: cannot load ({first_line(e)})")
     config = model.model.config
-    if getattr(config, "qshift", None) is None and not (Path(checkpoint) / "qshift.json").is_file():
+    if not qshift.saved_settings(config, checkpoint):  # a hub id's, checked only now that it is loaded
         fail(f"--checkpoint {checkpoint}: not a qshift checkpoint (its config.json has no qshift settings)")
     if config.num_labels > 256:
         fail(f"--checkpoint {checkpoint}: {config.num_labels} classes do not fit 8-bit PNGs")

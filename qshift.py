@@ -391,13 +391,7 @@ class QShiftSegmenter(nn.Module):
             raise ValueError(f"'{name_or_path}' is a {config.model_type} model, not a MaskFormer or Mask2Former")
         given = dict(shift_div=shift_div, match=match, causal=causal, shift_at=shift_at, match_by=match_by,
                      reach=reach)
-        old_settings = Path(name_or_path) / "qshift.json"
-        settings = getattr(config, "qshift", None)
-        if settings is None:
-            settings = json.loads(old_settings.read_text()) if old_settings.is_file() else {}
-        if not isinstance(settings, dict):
-            raise ValueError(f"'{name_or_path}': its qshift settings are not a JSON object of setting: value")
-        settings = {**settings, **{k: v for k, v in given.items() if v is not None}}
+        settings = {**saved_settings(config, name_or_path), **{k: v for k, v in given.items() if v is not None}}
         if num_labels is not None and num_labels != config.num_labels:
             config.num_labels = num_labels
             config.id2label = id2label or {i: f"class_{i}" for i in range(num_labels)}
@@ -410,6 +404,18 @@ class QShiftSegmenter(nn.Module):
 
 
 QShiftMaskFormer = QShiftSegmenter  # the name of earlier versions; it also wraps Mask2Former
+
+
+def saved_settings(config, name_or_path):
+    """The settings saved with a checkpoint, {setting: value}: its HF config's "qshift" entry, or the qshift.json
+    beside the config in the folder of an earlier version; {} for an image model."""
+    settings = getattr(config, "qshift", None)
+    if settings is None:
+        old = Path(name_or_path) / "qshift.json"
+        settings = json.loads(old.read_text()) if old.is_file() else {}
+    if not isinstance(settings, dict):
+        raise ValueError(f"'{name_or_path}': its qshift settings are not a JSON object of setting: value")
+    return settings
 
 
 # -----------------------------------------------------------------------------
