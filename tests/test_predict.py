@@ -16,7 +16,8 @@ T = 12  # frames of the test video
 @pytest.fixture(scope="module")
 def frames():
     """(T, 64, 96, 3) uint8 frames of a synthetic video."""
-    return data.build_dataset("synthetic", split="val", clip_len=None, train=False, num_videos=1, num_frames=T).images[0]
+    world = data.build_dataset("synthetic", split="val", clip_len=None, train=False, num_videos=1, num_frames=T)
+    return world.images[0]
 
 
 @pytest.fixture(scope="module")
