@@ -175,23 +175,27 @@ def segment(model, frames, chunk=8, amp=False):
 # writing: the maps as PNGs, the video beside its segmentation
 
 
-LEGEND_LINES = 2  # the video's legend: the classes in view, most pixels first, as many as fit in two lines
+LEGEND_LINES = 2  # the video's legend: as many of the classes in view as fit in two lines, those of most pixels
 
 
 class Overlay:
     """The frames of the output video: overlay(rgb, pred) -> uint8 (H', W', 3), the frame rgb (h, w, 3) beside
-    itself blended with the colours (class_colours) of its map pred (h, w), over a legend of the classes in view
-    (evaluate's), most pixels first, as many as fit in LEGEND_LINES lines; even sides (the video's 4:2:0 colour needs
-    them). Each legend is drawn once and kept: text is what costs, and the classes in view seldom change."""
+    itself blended with the colours (class_colours) of its map pred (h, w), over a legend (evaluate's) of the classes
+    in view: those of most pixels that fit in LEGEND_LINES lines, in the order of their ids, so that it keeps still
+    from frame to frame; even sides (the video's 4:2:0 colour needs them). Each legend is drawn once and kept: text
+    is what costs, and the classes in view seldom change."""
 
     def __init__(self, class_names, colours):
         self.class_names, self.colours, self.font, self.legends = class_names, colours, ImageFont.load_default(), {}
 
     def legend(self, in_view, width):
-        """The legend of the classes in_view (a tuple) as uint8 (LEGEND_LINES * LEGEND_LINE + 4, width, 3)."""
+        """The legend of the classes in_view (a tuple, most pixels first) as uint8 (LEGEND_LINES * LEGEND_LINE + 4,
+        width, 3)."""
         if (in_view, width) not in self.legends:
-            entries = [e for e in evaluate.legend_layout(in_view, self.class_names, width, self.font)
-                       if e[3] < LEGEND_LINES * evaluate.LEGEND_LINE]
+            def fitting(classes):
+                return [e for e in evaluate.legend_layout(classes, self.class_names, width, self.font)
+                        if e[3] < LEGEND_LINES * evaluate.LEGEND_LINE]
+            entries = fitting(sorted(c for c, *_ in fitting(in_view)))
             strip = Image.new("RGB", (width, LEGEND_LINES * evaluate.LEGEND_LINE + 4), "white")
             evaluate.draw_legend(ImageDraw.Draw(strip), entries, self.colours, 2, self.font)
             self.legends[in_view, width] = np.asarray(strip)

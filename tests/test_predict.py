@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import data
+import evaluate
 import predict
 import qshift
 
@@ -187,3 +188,14 @@ def test_the_checkpoints_class_colours_colour_the_maps(video, checkpoint, tmp_pa
     png = Image.open(tmp_path / "out" / "synthetic" / "00000.png")
     assert png.mode == "P" and np.array(png.getpalette()[:12]).reshape(4, 3).tolist() == palette
 
+
+
+def test_the_videos_legend_keeps_its_size_and_its_order_whatever_is_in_view():
+    names = [f"a class with a long name {c}" for c in range(30)]
+    overlay = predict.Overlay(names, evaluate.class_colours())
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    many = np.arange(40 * 60).reshape(40, 60) % 30  # 30 classes in view: more than two lines hold
+    assert overlay(rgb, many).shape == overlay(rgb, np.zeros((40, 60), np.int64)).shape == (40 + 36, 122, 3)
+    # one entry a line fits: the two classes of most pixels are shown, in the order of their ids
+    assert np.array_equal(overlay.legend((3, 1, 0, 2), 122), overlay.legend((1, 3), 122))
+    assert not np.array_equal(overlay.legend((3, 1, 0, 2), 122), overlay.legend((0, 1, 2, 3), 122))
