@@ -37,22 +37,16 @@ import statistics  # noqa: E402
 
 import torch  # noqa: E402
 
-import data  # noqa: E402
 import predict  # noqa: E402
 import qshift  # noqa: E402
+from synthetic_video import write_videos  # noqa: E402
 
 
 def main(args):
     torch.manual_seed(0)
     model = predict.load_model(args.checkpoint, torch.device("cpu"))
-    world = data.build_dataset("synthetic", split="val", clip_len=None, train=False, num_videos=1,
-                               num_frames=args.frames, size=tuple(args.size))
     with tempfile.TemporaryDirectory() as tmp:
-        video = Path(tmp) / "synthetic.mp4"
-        writer = predict.VideoWriter(video, 10)
-        for frame in world.images[0]:
-            writer.write(frame)
-        writer.close()
+        [video] = write_videos("val", 1, args.frames, tmp, tuple(args.size))
         frames, _, _ = predict.read_input(video)  # as predict.py decodes them, kept in memory
         pixel_values = [predict.model_input(name, rgb, 480)["pixel_values"] for name, rgb in frames]
         for _ in qshift.predict_video(model, pixel_values[:8]):  # warm-up: the first run pays for allocations
