@@ -2,12 +2,13 @@
 predict.py's speed against qshift.predict_video alone, side by side in one run: does reading and writing video hide
 behind the model?
 
-    python experiments/predict_speed.py --checkpoint RUN/best [--frames 96] [--size 64 96] [--repeats 3]
+    python experiments/predict_speed.py --checkpoint RUN/best [--frames 96] [--size 64 96] [--repeats 5]
 
 It writes a synthetic video (data.py's world, validation split) as an mp4, then times, in turn, predict.py on it
 (predict_input: decoding, resizing, the model, PNG maps and the overlay video) and predict_video alone on the same
-frames, decoded into memory beforehand. It prints the frames per second of each, the median over the repeats, and
-their ratio.
+frames, decoded into memory beforehand. Each repeat times both, in alternating order, so that a change in the
+machine's load falls on both; it prints each one's frames per second (median over the repeats) and the median and
+range of the repeats' ratios.
 """
 import sys
 import tempfile
@@ -23,7 +24,7 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint", required=True, help="RUN/best (train.py's)")
     parser.add_argument("--frames", type=int, default=96, help="frames of the video (96)")
     parser.add_argument("--size", type=int, nargs=2, default=[64, 96], metavar=("H", "W"), help="frame size (64 96)")
-    parser.add_argument("--repeats", type=int, default=3, help="timings of each (3)")
+    parser.add_argument("--repeats", type=int, default=5, help="timings of each (5)")
     args = parser.parse_args(argv)
     check_at_least(args, {"--frames": 2, "--repeats": 1})
     check_checkpoint("--checkpoint", args.checkpoint)
@@ -51,21 +52,22 @@ def main(args):
         pixel_values = [predict.model_input(name, rgb, 480)["pixel_values"] for name, rgb in frames]
         for _ in qshift.predict_video(model, pixel_values[:8]):  # warm-up: the first run pays for allocations
             pass
-        seconds = {"predict.py": [], "predict_video": []}
+        runs = {"predict.py": lambda r: predict.predict_input(model, video, Path(tmp) / f"out{r}"),
+                "predict_video": lambda r: [None for _ in qshift.predict_video(model, pixel_values)]}
+        seconds = {name: [] for name in runs}
         for r in range(args.repeats):
-            start = time.perf_counter()
-            predict.predict_input(model, video, Path(tmp) / f"out{r}")
-            seconds["predict.py"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            for _ in qshift.predict_video(model, pixel_values):
-                pass
-            seconds["predict_video"].append(time.perf_counter() - start)
-    fps = {name: len(pixel_values) / statistics.median(times) for name, times in seconds.items()}
-    print(f"{len(pixel_values)} frames of {args.size[0]}x{args.size[1]}, {args.checkpoint}, "
-          f"{torch.get_num_threads()} torch thread(s), median of {args.repeats}:")
+            for name in list(runs)[::1 if r % 2 == 0 else -1]:
+                start = time.perf_counter()
+                runs[name](r)
+                seconds[name].append(time.perf_counter() - start)
+    n = len(pixel_values)
+    print(f"{n} frames of {args.size[0]}x{args.size[1]}, {args.checkpoint}, {torch.get_num_threads()} torch "
+          f"thread(s), {args.repeats} repeats:")
     for name, times in seconds.items():
-        print(f"  {name:14} {fps[name]:6.1f} frames/s  ({', '.join(f'{len(pixel_values) / s:.1f}' for s in times)})")
-    print(f"  ratio predict.py / predict_video: {fps['predict.py'] / fps['predict_video']:.3f}")
+        print(f"  {name:14} {n / statistics.median(times):6.1f} frames/s  ({', '.join(f'{n / s:.1f}' for s in times)})")
+    ratios = [b / a for a, b in zip(seconds["predict.py"], seconds["predict_video"])]
+    print(f"  ratio predict.py / predict_video frames/s: median {statistics.median(ratios):.3f} "
+          f"(from {min(ratios):.3f} to {max(ratios):.3f})")
 
 
 if __name__ == "__main__":
