@@ -32,7 +32,6 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     args = parse_args()
 
-import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import data  # noqa: E402
