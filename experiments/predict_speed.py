@@ -44,7 +44,6 @@ from synthetic_video import write_videos  # noqa: E402
 
 
 def main(args):
-    torch.manual_seed(0)
     model = predict.load_model(args.checkpoint, torch.device("cpu"))
     with tempfile.TemporaryDirectory() as tmp:
         [video] = write_videos("val", 1, args.frames, tmp, tuple(args.size))
