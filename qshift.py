@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 the qshift authors. MIT licence (LICENSE): copies keep these two lines.
 """
 Shift and matching queries for video semantic segmentation (Mizuno and Tamaki), in one file.
 
