@@ -95,7 +95,8 @@ class ClipDataset(Dataset):
     """Clips of T consecutive frames of `videos`; subclasses read the frames in `_load(v, frame indices)`.
 
     An item: pixel_values float32 (T, 3, H, W) normalised, labels int64 (T, H, W) (0..num_classes-1, IGNORE_INDEX;
-    absent without labels), cue_hidden bool (T, H, W) (synthetic only), video (str), frames (T frame names).
+    absent without labels), cue_hidden bool (T, H, W) and cue_distance uint8 (T, H, W) (synthetic only: see
+    Synthetic), video (str), frames (T frame names).
     Training covers every video each epoch with n // T clips starting at a random offset drawn in set_epoch, so
     len() never changes; all randomness comes from (seed, epoch, video or item index), never from global state.
     Evaluation: consecutive clips that show every frame once (the last of a video may be shorter), or whole videos.
@@ -168,12 +169,12 @@ class ClipDataset(Dataset):
 
     def _load(self, v, ts):
         """Frames ts (a list of indices) of video v, read: images uint8 (T, H, W, 3), raw labels uint8 (T, H, W) or
-        None, cue_hidden bool (T, H, W) or None. Each data set reads its own; DataError for a bad file."""
+        None, cue distances uint8 (T, H, W) or None. Each data set reads its own; DataError for a bad file."""
         raise NotImplementedError
 
     def _clip(self, v, ts, rng=None):
         """Frames ts of video v as tensors, all under one random geometry when rng is given."""
-        images, labels, cue = self._load(v, ts)  # (T, H, W, 3) uint8, raw (T, H, W) uint8 or None, bool or None
+        images, labels, cue = self._load(v, ts)  # (T, H, W, 3) uint8, raw (T, H, W) uint8 or None, uint8 or None
         H, W = images.shape[1:3]
         if rng is None:
             region, size, flip, out = (0, 0, H, W), (H, W), False, (H, W)
@@ -186,8 +187,8 @@ class ClipDataset(Dataset):
             labels = _warp(torch.from_numpy(labels)[:, None], region, size, flip, out, "nearest-exact", IGNORE_INDEX)
             item["labels"] = torch.from_numpy(self.lut[labels[:, 0].numpy()])  # (T, H, W) int64 classes
         if cue is not None:
-            cue = _warp(torch.from_numpy(cue).view(torch.uint8)[:, None], region, size, flip, out, "nearest-exact", 0)
-            item["cue_hidden"] = cue[:, 0].bool()  # (T, H, W)
+            cue = _warp(torch.from_numpy(cue)[:, None], region, size, flip, out, "nearest-exact", 0)[:, 0]
+            item["cue_hidden"], item["cue_distance"] = cue > 0, cue  # (T, H, W) each
         return item
 
 
@@ -381,11 +382,15 @@ class Synthetic(ClipDataset):
     Each video has `num_objects` star-shaped blobs of random outline, size (`object_size`: range of the bounding
     diameter in pixels) and spin, moving smoothly and bouncing off the borders over a mildly textured, noisy
     background (class `background_class` = 0). An object's class (1..num_object_classes) sets its colour and nothing
-    else. In `hidden_fraction` of the frames, drawn per object and never two in a row, the object is drawn grey: its
-    shape stays visible, its class can only come from its neighbouring frames. cue_hidden marks those pixels.
+    else. In about `hidden_fraction` of the frames, drawn per object in runs of exactly `hide_run` frames with at
+    least one visible frame between runs, the object is drawn grey: its shape stays visible, its class can only come
+    from other frames. cue_hidden marks those pixels, and cue_distance says how far the class is: the frames to the
+    nearest frame where the pixel's object is drawn in colour (0 where it is, and on the background; 1 at the ends of
+    a run, 2 in the middle of a run of 3). `speed` scales the blobs' speeds (0.5 to 1.5 pixels a frame at 1).
     Items also carry object_ids uint8 (T, H, W): which object 0..num_objects-1 each pixel shows, NO_OBJECT for
     none, under the labels' geometry (to ask whether a model tracks objects, experiments/match_diagnostic.py).
-    The world follows from (seed, split), video by video, and is built in memory when the dataset is made.
+    The world follows from (seed, split), video by video, and is built in memory when the dataset is made; the
+    defaults (hide_run=1, speed=1) give the world of earlier versions, byte for byte.
     """
 
     COLOURS = {"red": (0.9, 0.15, 0.15), "green": (0.15, 0.8, 0.2), "blue": (0.15, 0.3, 0.95),
@@ -393,30 +398,43 @@ class Synthetic(ClipDataset):
     SPLITS = ("train", "val", "test")
 
     def __init__(self, split="train", num_videos=None, num_frames=24, size=(64, 96), num_object_classes=3,
-                 num_objects=3, object_size=(16, 32), hidden_fraction=1 / 3, clip_len=8, train=True, crop=None,
-                 seed=0):
+                 num_objects=3, object_size=(16, 32), hidden_fraction=1 / 3, hide_run=1, speed=1.0, clip_len=8,
+                 train=True, crop=None, seed=0):
         if split not in self.SPLITS:
             raise DataError(f"synthetic: unknown split {split!r} (train, val or test)")
         if not 1 <= num_object_classes <= len(self.COLOURS):
             raise ValueError(f"num_object_classes must be 1..{len(self.COLOURS)}")
-        if object_size[1] >= min(size) or round(hidden_fraction * num_frames) > (num_frames + 1) // 2:
-            raise ValueError("objects must fit the frame and hidden frames must fit between visible ones")
+        if object_size[1] >= min(size):
+            raise ValueError(f"object_size {object_size}: objects must fit the {size[0]}x{size[1]} frame")
+        if not (isinstance(hide_run, int) and hide_run >= 1) or not speed > 0:
+            raise ValueError(f"hide_run {hide_run}, speed {speed}: hide_run must be a whole number of at least 1 "
+                             f"and speed above 0")
+        runs = hidden_runs(num_frames, hidden_fraction, hide_run)
+        if runs * hide_run + runs - 1 > num_frames:
+            raise ValueError(f"hide_run {hide_run}: {runs} x {hide_run} hidden frames, with a visible frame between "
+                             f"runs, do not fit {num_frames} frames (hidden_fraction {hidden_fraction:.3g})")
         num_videos = num_videos or (64 if split == "train" else 32)
         names = list(self.COLOURS)[:num_object_classes]
         palette = np.array([self.COLOURS[n] for n in names])
         world = [_synthetic_video(np.random.default_rng([seed, self.SPLITS.index(split), v, 2]), num_frames, *size,
-                                  palette, num_objects, object_size, hidden_fraction) for v in range(num_videos)]
+                                  palette, num_objects, object_size, runs, hide_run, speed)
+                 for v in range(num_videos)]
         # (V, T, H, W, 3), then (V, T, H, W) each
-        self.images, self.labels, self.cue, self.object_ids = (np.stack(x) for x in zip(*world))
+        self.images, self.labels, self.cue_distance, self.object_ids = (np.stack(x) for x in zip(*world))
         self.background_class = 0
         colours = [(0.25, 0.25, 0.25)] + [self.COLOURS[n] for n in names]  # pictures: background dark grey
         self.palette = np.round(255 * np.array(colours)).astype(np.uint8)
         videos = [(f"{split}-{v:03d}", [f"{t:03d}" for t in range(num_frames)]) for v in range(num_videos)]
         super().__init__(videos, ["background", *names], clip_len, train, crop, seed, where=f"synthetic {split}")
 
+    @property
+    def cue(self):
+        """cue_hidden of every video: bool (V, T, H, W)."""
+        return self.cue_distance > 0
+
     def _load(self, v, ts):
         ts = np.asarray(ts)
-        return self.images[v, ts], self.labels[v, ts], self.cue[v, ts]
+        return self.images[v, ts], self.labels[v, ts], self.cue_distance[v, ts]
 
     def _clip(self, v, ts, rng=None):
         """The parent's item plus object_ids (T, H, W), warped under the same random geometry as the labels."""
@@ -430,9 +448,16 @@ class Synthetic(ClipDataset):
         return item
 
 
-def _synthetic_video(rng, T, H, W, palette, num_objects, object_size, hidden_fraction):
-    """One synthetic video: images uint8 (T, H, W, 3), labels uint8 (T, H, W), cue_hidden bool (T, H, W) and
-    object_ids uint8 (T, H, W) (NO_OBJECT: background)."""
+def hidden_runs(T, hidden_fraction, hide_run):
+    """How many runs of hide_run hidden frames each object has in a video of T frames: about hidden_fraction of T
+    hidden frames in all, and at least one run when any frame is to be hidden."""
+    k = round(hidden_fraction * T)
+    return max(1, round(k / hide_run)) if k else 0
+
+
+def _synthetic_video(rng, T, H, W, palette, num_objects, object_size, runs, hide_run, speed_factor):
+    """One synthetic video: images uint8 (T, H, W, 3), labels uint8 (T, H, W), cue distances uint8 (T, H, W) (see
+    Synthetic) and object_ids uint8 (T, H, W) (NO_OBJECT: background)."""
     O = num_objects
     t = np.arange(T)[:, None]  # (T, 1)
     classes = rng.integers(1, len(palette) + 1, O)
@@ -441,7 +466,7 @@ def _synthetic_video(rng, T, H, W, palette, num_objects, object_size, hidden_fra
     amplitude = rng.uniform(0, [0.2, 0.1, 0.05], (O, 3)).astype(np.float32)
     phase = rng.uniform(0, 2 * np.pi, (O, 3)).astype(np.float32)
     spin = rng.uniform(0, 2 * np.pi, O) + rng.uniform(-0.08, 0.08, O) * t  # (T, O)
-    speed, heading = rng.uniform(0.5, 1.5, O), rng.uniform(0, 2 * np.pi, O)
+    speed, heading = rng.uniform(0.5, 1.5, O) * speed_factor, rng.uniform(0, 2 * np.pi, O)
     cy = _bounce(rng.uniform(radius, H - radius) + speed * np.sin(heading) * t, radius, H - radius)  # (T, O)
     cx = _bounce(rng.uniform(radius, W - radius) + speed * np.cos(heading) * t, radius, W - radius)
 
@@ -462,10 +487,13 @@ def _synthetic_video(rng, T, H, W, palette, num_objects, object_size, hidden_fra
         owner[window] = np.where(inside[:, o], o, owner[window])
     owner = owner[:, S:S + H, S:S + W]
 
-    k = round(hidden_fraction * T)
+    R, m = hide_run, runs
     hidden = np.zeros((T, O + 1), bool)  # last column: background, never hidden
-    for o in range(O):  # k of T frames, none adjacent: choose from T - k + 1 slots, then spread them apart
-        hidden[np.sort(rng.choice(T - k + 1, k, replace=False)) + np.arange(k), o] = True
+    for o in range(O):  # m runs of R frames, a visible frame after each: m starts from T - mR + 1 slots, spread apart
+        starts = np.sort(rng.choice(T - m * R + 1, m, replace=False)) + R * np.arange(m)
+        hidden[(starts[:, None] + np.arange(R)).ravel(), o] = True
+    frames_apart = np.abs(t - t.T)[..., None]  # (T, T, 1): |t - t'|
+    distance = np.where(~hidden[None], frames_apart, T).min(1)  # (T, O + 1): to the nearest frame in colour
     colour = palette[classes - 1] + rng.uniform(-0.06, 0.06, (O, 3))
     grey = rng.uniform(0.45, 0.65, (O, 1)).repeat(3, 1)  # drawn independently of the class
     table = np.concatenate([np.where(hidden[:, :O, None], grey, colour), np.zeros((T, 1, 3))], 1)  # (T, O + 1, 3)
@@ -482,7 +510,8 @@ def _synthetic_video(rng, T, H, W, palette, num_objects, object_size, hidden_fra
     image += rng.random((T, H, W, 1), dtype=np.float32) * 0.1 - 0.05  # pixel noise
     image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
     labels = np.append(classes, 0)[owner].astype(np.uint8)
-    return image, labels, hidden[t[..., None], owner], np.where(owner == O, NO_OBJECT, owner).astype(np.uint8)
+    cue_distance = distance[t[..., None], owner].astype(np.uint8)
+    return image, labels, cue_distance, np.where(owner == O, NO_OBJECT, owner).astype(np.uint8)
 
 
 def _bounce(p, lo, hi):
@@ -502,7 +531,7 @@ def mask_targets(labels, dtype=torch.float32):
 def collate(items):
     """Batch B clip items: pixel_values (B, T, 3, H, W), labels (B, T, H, W), mask_labels (bool) and class_labels
     (lists of B*T targets, frame b*T + t at index b*T + t), video (B names), frames (B lists), and where the items
-    have them cue_hidden and object_ids (B, T, H, W)."""
+    have them cue_hidden, cue_distance and object_ids (B, T, H, W)."""
     batch = {"pixel_values": torch.stack([item["pixel_values"] for item in items]),
              "video": [item["video"] for item in items], "frames": [item["frames"] for item in items]}
     if "labels" in items[0]:
@@ -511,10 +540,9 @@ def collate(items):
         targets = [mask_targets(frame, torch.bool) for frame in batch["labels"].flatten(0, 1)]
         batch["mask_labels"] = [masks for masks, _ in targets]
         batch["class_labels"] = [classes for _, classes in targets]
-    if "cue_hidden" in items[0]:
-        batch["cue_hidden"] = torch.stack([item["cue_hidden"] for item in items])
-    if "object_ids" in items[0]:
-        batch["object_ids"] = torch.stack([item["object_ids"] for item in items])
+    for key in ("cue_hidden", "cue_distance", "object_ids"):
+        if key in items[0]:
+            batch[key] = torch.stack([item[key] for item in items])
     return batch
 
 

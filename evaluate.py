@@ -2,16 +2,17 @@
 Evaluate a trained qshift model: mIoU, pixel accuracy, VSPW's video consistency (mVC8, mVC16), per-class IoU,
 saved predictions, pictures like the paper's Figures 2-3, and the paper's Tables 1-2 from several runs.
 
-    python evaluate.py --checkpoint RUN/best [--data vspw --root ROOT] [--split val] [--clip-len T]
+    python evaluate.py --checkpoint RUN/best [--data vspw --root ROOT] [--split val] [--clip-len T] [--world KNOBS]
         [--save-predictions DIR] [--visualize DIR --num-vis N] [--max-videos N] [--amp] [--device cuda]
-        -> RUN/eval-<data>-<split>.json and .md (own clips: eval-clips-<folder>-<split>.*; -clip<T> added with
-           --clip-len T, -first<N> with --max-videos N)
+        -> RUN/eval-<data>-<split>.json and .md (own clips: eval-clips-<folder>-<split>.*; a synthetic world's
+           knobs after the data set, eval-synthetic-hide_run3-val.*; -clip<T> added with --clip-len T, -first<N>
+           with --max-videos N)
     python evaluate.py --table RUN [RUN ...] [--data D] [--root ROOT] [--split S] [--clip-len T] [--out FILE]
 
---data and --root default to those the run was trained on (RUN/config.json); --split to val (own clips without a
-ROOT/val.txt: all, every video). Each evaluation's file names say what was scored, so none replaces another of other
-data, another split or clip length, and a quick look (--max-videos) never replaces a whole evaluation. --table finds
-each run's evaluation of the data set and split that every run has (or those given).
+--data, --root and --world default to those the run was trained on (RUN/config.json); --split to val (own clips
+without a ROOT/val.txt: all, every video). Each evaluation's file names say what was scored, so none replaces another
+of other data, another world, split or clip length, and a quick look (--max-videos) never replaces a whole evaluation.
+--table finds each run's evaluation of the data set and split that every run has (or those given).
 
 Whole videos run in memory bounded by a few frames (qshift.predict_video); the maps equal those of the whole video
 run as one clip.
@@ -24,20 +25,23 @@ import math
 import re
 from pathlib import Path
 
-from cli import check_at_least, count, fail, first_line, make_parser
+from cli import check_at_least, count, fail, first_line, make_parser, parse_world, world_name
 
 DATA_SETS = ("vspw", "cityscapes-vps", "clips", "synthetic")
 
 
-def scored(data, root, split):
-    """What an evaluation scored, in its file names: the data set (own clips: and their folder's name) and split."""
-    return f"{data}-{Path(root).resolve().name}-{split}" if data == "clips" and root else f"{data}-{split}"
+def scored(data, root, split, world=None):
+    """What an evaluation scored, in its file names: the data set (own clips: and their folder's name; synthetic: the
+    world's knobs that differ from the default, cli.world_name) and split."""
+    if data == "clips" and root:
+        return f"{data}-{Path(root).resolve().name}-{split}"
+    return f"{data}{world_name(world or {})}-{split}"
 
 
-def eval_name(data, split, clip_len=None, max_videos=None, root=None):
+def eval_name(data, split, clip_len=None, max_videos=None, root=None, world=None):
     """File name (no suffix) of an evaluation in its run folder: it names what was scored, the clip length and the
     number of videos, so that no evaluation replaces another of something else."""
-    return (f"eval-{scored(data, root, split)}" + (f"-clip{clip_len}" if clip_len else "")
+    return (f"eval-{scored(data, root, split, world)}" + (f"-clip{clip_len}" if clip_len else "")
             + (f"-first{max_videos}" if max_videos else ""))
 
 
@@ -51,6 +55,8 @@ def parse_args(argv=None):
     parser.add_argument("--root", help="the data set's folder (default: the run's, for its data set; with --table: "
                         "tabulate the evaluations of this folder)")
     parser.add_argument("--split", help="default: val; own clips: val when ROOT/val.txt lists videos, else all")
+    parser.add_argument("--world", type=parse_world, metavar="KNOBS", help="synthetic data: the world's knobs, e.g. "
+                        "hide_run=3,speed=8 (default: the run's; with --table: tabulate evaluations of that world)")
     parser.add_argument("--clip-len", type=int, help="independent clips of T frames instead of whole videos "
                         "(with --table: tabulate those evaluations)")
     parser.add_argument("--save-predictions", metavar="DIR", help="DIR/<video>/<frame>.png in the raw label ids")
@@ -86,6 +92,10 @@ def parse_args(argv=None):
     args.data = args.data or trained["data"]
     if args.root is None and args.data == trained.get("data"):
         args.root = trained.get("root")
+    if args.world is None:  # the world the run was trained in, if it was trained on the synthetic set
+        args.world = (trained.get("world") or {}) if args.data == trained.get("data") == "synthetic" else {}
+    elif args.world and args.data != "synthetic":
+        fail(f"--world: only the synthetic data set has knobs, not --data {args.data}")
     if args.split is None:  # own clips: the videos listed in ROOT/val.txt, or else all of them
         no_val = args.data == "clips" and args.root is not None and not (Path(args.root) / "val.txt").is_file()
         args.split = "all" if no_val else "val"
@@ -118,7 +128,9 @@ import qshift  # noqa: E402
 
 TITLES = {"miou": "mIoU", "pixel_acc": "pix. acc.", "mvc8": "mVC8", "mvc16": "mVC16",
           "hidden_miou": "hidden-cue mIoU", "hidden_acc": "hidden-cue acc.",
+          "hidden_d1_acc": "hidden d1", "hidden_d2_acc": "hidden d2", "hidden_d3_acc": "hidden d≥3",
           "visible_miou": "visible-object mIoU", "visible_acc": "visible-object acc."}  # in reports, tables and logs
+CUE_DISTANCES = (1, 2, 3)  # hidden-cue accuracy by the frames to the nearest frame showing the cue; the last: 3 or more
 
 
 def summary(results, keys=("miou", "pixel_acc", "mvc8", "hidden_miou", "visible_miou")):
@@ -212,23 +224,26 @@ VC_WINDOWS = (8, 16)  # mVC8, mVC16
 
 class Scores:
     """Every score of an evaluation, fed one frame at a time, as DETR's evaluator objects: update(pred, label,
-    cue_hidden) for each frame of a video, end_video(v) after video v, then results(class_names).
+    cue_distance) for each frame of a video, end_video(v) after video v, then results(class_names).
 
     It holds sums only, so that the ranks of a distributed evaluation can add theirs up (all_reduce) and each gets
     exactly the scores of one process: confusion matrices (of all pixels, and on the synthetic set of the hidden-cue
-    and of the visible-object pixels), each video's VC_k sums in a row of its own (filled by the one rank that scores
+    pixels, of those at each cue distance, and of the visible-object pixels), each video's VC_k sums in a row of its
+    own (filled by the one rank that scores
     the video, so that every rank adds up the same numbers in the same order), and counts of frames and videos.
     """
 
     def __init__(self, num_classes, num_videos, background_class=None, device="cpu"):
-        self.metrics = {name: SegMetrics(num_classes, device=device) for name in ("all", "hidden", "visible")}
+        names = ["all", "hidden", *(f"hidden_d{d}" for d in CUE_DISTANCES), "visible"]
+        self.metrics = {name: SegMetrics(num_classes, device=device) for name in names}
         self.background_class = background_class
         self.vc_sums = torch.zeros(num_videos, 2 * len(VC_WINDOWS), dtype=torch.float64)  # per k: sum of acc_i, windows
-        self.counts = {"frames": 0, "labelled": 0, "cued": 0, "videos": 0}  # cued: frames with cue_hidden
+        self.counts = {"frames": 0, "labelled": 0, "cued": 0, "videos": 0}  # cued: frames with cue distances
         self.vcs = {k: VideoConsistency(k) for k in VC_WINDOWS}  # of the video being scored
 
-    def update(self, pred, label=None, cue_hidden=None):
-        """pred, label (H, W) int tensors and cue_hidden (H, W) bool of the video's next frame (None where absent)."""
+    def update(self, pred, label=None, cue_distance=None):
+        """pred, label (H, W) int tensors and cue_distance (H, W) uint8 (the synthetic set's: 0 where the class cue
+        shows, else the frames to the nearest frame that shows it) of the video's next frame (None where absent)."""
         self.counts["frames"] += 1
         if label is None:
             return
@@ -237,11 +252,15 @@ class Scores:
         self.metrics["all"].update(pred, label)
         for vc in self.vcs.values():
             vc.update(pred, label)
-        if cue_hidden is not None:
+        if cue_distance is not None:
             self.counts["cued"] += 1
-            hidden = cue_hidden.to(pred.device, non_blocking=True)
+            distance = cue_distance.to(pred.device, non_blocking=True)
+            hidden = distance > 0
             objects = (label != self.background_class) & (label != data.IGNORE_INDEX)
-            for name, where in (("hidden", hidden), ("visible", objects & ~hidden)):
+            last = CUE_DISTANCES[-1]
+            subsets = [("hidden", hidden), ("visible", objects & ~hidden)] + \
+                [(f"hidden_d{d}", distance >= d if d == last else distance == d) for d in CUE_DISTANCES]
+            for name, where in subsets:
                 self.metrics[name].update(pred, torch.where(where, label, data.IGNORE_INDEX))
 
     def end_video(self, v):
@@ -264,9 +283,10 @@ class Scores:
 
     def results(self, class_names):
         """{"num_videos", "num_frames"} and, with labels: "miou", "pixel_acc", "mvc8", "mvc16" (fractions, NaN where
-        undefined) and "iou" {class name: IoU}; with cue_hidden (the synthetic set) also "hidden_miou", "hidden_acc"
-        (pixels of objects whose class cue is hidden in that frame) and "visible_miou", "visible_acc" (the other
-        object pixels)."""
+        undefined) and "iou" {class name: IoU}; with cue distances (the synthetic set) also "hidden_miou",
+        "hidden_acc" (pixels of objects whose class cue is hidden in that frame), "hidden_d1_acc", "hidden_d2_acc",
+        "hidden_d3_acc" (the hidden pixels 1, 2, and 3 or more frames from a frame that shows the cue; NaN where there
+        are none) and "visible_miou", "visible_acc" (the other object pixels)."""
         results = {"num_videos": self.counts["videos"], "num_frames": self.counts["frames"]}
         if self.counts["labelled"]:
             scores = self.metrics["all"].compute()
@@ -279,6 +299,8 @@ class Scores:
             for name in ("hidden", "visible"):
                 scores = self.metrics[name].compute()
                 results[f"{name}_miou"], results[f"{name}_acc"] = scores["miou"], scores["pixel_acc"]
+            for d in CUE_DISTANCES:
+                results[f"hidden_d{d}_acc"] = self.metrics[f"hidden_d{d}"].compute()["pixel_acc"]
         return results
 
 
@@ -395,11 +417,11 @@ def save_prediction(raw, path, palette):
 
 def read_ahead(dataset, videos, pool, ahead, pin=False):
     """Every frame of the videos, in order, as dataset.frame's dicts, each read by pool (a thread) `ahead` frames
-    before it is taken, so that reading overlaps the model. pin: labels and cue_hidden in pinned memory, from which
+    before it is taken, so that reading overlaps the model. pin: labels and cue_distance in pinned memory, from which
     they go to the GPU without a wait."""
     def read(v, t):
         frame = dataset.frame(v, t)
-        return {k: x.pin_memory() if pin and k in ("labels", "cue_hidden") else x for k, x in frame.items()}
+        return {k: x.pin_memory() if pin and k in ("labels", "cue_distance") else x for k, x in frame.items()}
 
     todo = ((v, t) for v in videos for t in range(len(dataset.videos[v][1])))
     pending = collections.deque(pool.submit(read, v, t) for v, t in itertools.islice(todo, ahead))
@@ -453,7 +475,7 @@ def evaluate(model, dataset, device=None, clip_len=None, amp=False, progress=Tru
             for t, pred in enumerate(qshift.predict_video(model, _pixel_values(frames, len(names), read), chunk, amp,
                                                    clip_len)):
                 frame = read.popleft()
-                scores.update(pred, frame.get("labels"), frame.get("cue_hidden"))
+                scores.update(pred, frame.get("labels"), frame.get("cue_distance"))
                 if save_predictions:
                     path = Path(save_predictions) / video / f"{Path(frame['name']).stem}.png"
                     writes.append(writer.submit(save_prediction, dataset.to_raw(pred.cpu()), path, palette))
@@ -484,8 +506,10 @@ def _pct(x):
 def _setting(run):
     fraction = f"1/{run['shift_div']}" if run["shift_div"] else "0 (frame by frame)"
     return (f"shift {fraction}, {run['channels']} channels, matching {'on' if run['match'] else 'off'}, "
-            f"{'causal' if run['causal'] else 'bidirectional'}; "
-            + (f"clips of {run['clip_len']} frames" if run["clip_len"] else "whole videos"))
+            f"{'causal' if run['causal'] else 'bidirectional'}"
+            + (f", reaching {run['reach']} frames" if run.get("reach", 1) > 1 else "") + "; "
+            + (f"clips of {run['clip_len']} frames" if run["clip_len"] else "whole videos")
+            + "".join(f", {key} {value:g}" for key, value in sorted(run.get("world", {}).items())))
 
 
 def run_markdown(run):
@@ -525,11 +549,12 @@ def shifted_channels(model):
     return counts["queries"] if list(counts) == ["queries"] else ", ".join(f"{p} {n}" for p, n in counts.items())
 
 
-EVALUATION_KEYS = {"checkpoint", "data", "root", "split", "clip_len", "max_videos", "channels", "results", "train"}
+EVALUATION_KEYS = {"checkpoint", "data", "root", "split", "world", "clip_len", "max_videos", "channels", "results",
+                   "train"}
 # keys of an eval json (and "train", which --table adds) that describe the evaluation; the others are the model's
 # settings (QShiftMaskFormer.settings: shift_div, match, causal, ...)
 NOT_SETTINGS = {"seed", "out", "root", "device", "workers", "log_every", "shift", "match", "causal", "shift_at",
-                "match_by"}
+                "match_by", "reach"}
 # keys of a run's config.json that do not set what is trained: the seed (runs that differ only in it share a row),
 # where the run and its data were, how it ran, and the shift's settings (the checkpoint's own stand for them)
 
@@ -612,7 +637,9 @@ def results_table(runs):
         return (s["shift_div"] != 0, where != ["queries"], len(where), where, by_masks, -s["shift_div"],
                 bool(s.get("causal")), bool(s.get("match")), values)
 
-    metrics = ["mvc8"] + (["hidden_miou", "hidden_acc", "visible_acc"] if synthetic else [])
+    by_distance = [metric for metric in (f"hidden_d{d}_acc" for d in CUE_DISTANCES)  # those measured somewhere
+                   if not math.isnan(_mean_std([run["results"].get(metric) for run in runs])[1])]
+    metrics = ["mvc8"] + (["hidden_miou", "hidden_acc", *by_distance, "visible_acc"] if synthetic else [])
     header = ["shift fraction", "channels", "matching"] + (["causal"] if causal else []) + varying + \
         [TITLES["miou"], TITLES["pixel_acc"], f"Δ {TITLES['miou']}", f"Δ {TITLES['pixel_acc']}"] + \
         [TITLES[m] for m in metrics] + ["runs"]
@@ -636,10 +663,10 @@ def results_table(runs):
     return "\n".join([caption, ""] + lines) + "\n"
 
 
-def find_evaluations(run_dirs, data_set=None, root=None, split=None, clip_len=None):
+def find_evaluations(run_dirs, data_set=None, root=None, split=None, clip_len=None, world=None):
     """Each run's evaluation (its eval json's dict, plus "train": train_settings) of all the videos (no --max-videos)
     with clip_len, of the one data set and split (as `scored` names them) that every run has an evaluation of, among
-    those of data_set, root and split where given."""
+    those of data_set, root, split and synthetic world where given."""
     found = {}  # run -> {scored: [(path, evaluation)]}
     for run_dir in run_dirs:
         found[run_dir] = collections.defaultdict(list)
@@ -652,9 +679,10 @@ def find_evaluations(run_dirs, data_set=None, root=None, split=None, clip_len=No
                 fail(f"--table {run_dir}: {path} is not an evaluation written by evaluate.py "
                      f"(keys: {', '.join(RUN_KEYS)})")
             wanted = (data_set in (None, run["data"]) and split in (None, run["split"]) and
+                      world in (None, run.get("world", {})) and
                       (root is None or run.get("root") is not None and Path(root).resolve() == Path(run["root"])))
             if run.get("max_videos") is None and run["clip_len"] == clip_len and wanted:
-                found[run_dir][scored(run["data"], run.get("root"), run["split"])].append((path, run))
+                found[run_dir][scored(run["data"], run.get("root"), run["split"], run.get("world"))].append((path, run))
         if not found[run_dir]:
             what = " ".join(str(x) for x in (data_set, root, split, clip_len and f"clips of {clip_len}") if x)
             fail(f"--table {run_dir}: no evaluation {what + ' ' if what else ''}of all the videos there "
@@ -663,7 +691,7 @@ def find_evaluations(run_dirs, data_set=None, root=None, split=None, clip_len=No
     if len(common) != 1:
         options = sorted({name for evaluations in found.values() for name in evaluations})
         problem = "several data sets or splits" if common else "no data set and split evaluated in every run"
-        fail(f"--table: {problem} ({', '.join(options)}): choose one with --data, --root and --split")
+        fail(f"--table: {problem} ({', '.join(options)}): choose one with --data, --root, --split and --world")
     [name] = common
     runs = []
     for run_dir, evaluations in found.items():
@@ -687,7 +715,7 @@ def _json_safe(x):
 
 
 def table_main(args):
-    table = results_table(find_evaluations(args.table, args.data, args.root, args.split, args.clip_len))
+    table = results_table(find_evaluations(args.table, args.data, args.root, args.split, args.clip_len, args.world))
     print(table, end="")
     if args.out:
         Path(args.out).write_text(table)
@@ -702,9 +730,12 @@ def evaluate_main(args):
     except Exception as e:  # a broken checkpoint fails in many ways: json, safetensors, config, shapes
         fail(f"--checkpoint {checkpoint}: cannot load ({first_line(e)})")
     try:
-        dataset = data.build_dataset(args.data, root=args.root, split=args.split, clip_len=None, train=False)
+        dataset = data.build_dataset(args.data, root=args.root, split=args.split, clip_len=None, train=False,
+                                     **args.world)
     except data.DataError as e:
         fail(str(e))
+    except ValueError as e:  # synthetic knobs that do not fit together
+        fail(f"--world: {e}")
     num_labels = model.model.config.num_labels
     if dataset.class_names and dataset.num_classes != num_labels:  # own clips without labels may have no classes
         fail(f"--data {args.data}: {dataset.num_classes} classes, but the checkpoint {checkpoint} has {num_labels}")
@@ -719,11 +750,11 @@ def evaluate_main(args):
     except data.DataError as e:  # a bad frame file is found only when it is read
         fail(str(e))
     root = str(Path(args.root).resolve()) if args.root else None  # which folder, wherever the table is made
-    run = {"checkpoint": str(checkpoint), "data": args.data, "root": root, "split": args.split,
+    run = {"checkpoint": str(checkpoint), "data": args.data, "root": root, "split": args.split, "world": args.world,
            "clip_len": args.clip_len, "max_videos": args.max_videos, **model.settings(),
            "channels": shifted_channels(model),
            "results": results}
-    name = eval_name(args.data, args.split, args.clip_len, args.max_videos, root)
+    name = eval_name(args.data, args.split, args.clip_len, args.max_videos, root, args.world)
     report = run_markdown(run)
     (checkpoint.parent / f"{name}.json").write_text(json.dumps(_json_safe(run), indent=2) + "\n")
     (checkpoint.parent / f"{name}.md").write_text(report)

@@ -10,7 +10,8 @@ describe the same segment as query i of frame t-1, so before shifting we match e
 frame's by cosine similarity and the Hungarian algorithm (Sec. 3.3, Eq. 2). The pretrained weights are reused as
 they are: with the shift off, QShiftSegmenter is exactly the image model run frame by frame.
 
-Sec. 3.2 names other places a shift can act. `shift_at` picks any of three, each shifting 1/shift_div of its channels:
+Sec. 3.2 names other places a shift can act. `shift_at` picks any of three, each shifting 1/shift_div of its channels
+(from frames t-1 and t+1; with `reach` r, split among the frames t-r..t-1 and t+1..t+r):
 
     pixel_values (B, T, 3, H, W) -> backbone per frame -> feature maps          <- "backbone": every feature map
         -> pixel decoder, transformer decoder -> queries (B*T, Q, C)           <- "queries": match, shift (the paper)
@@ -46,45 +47,63 @@ logging.getLogger("transformers.models.maskformer.configuration_maskformer").add
 # Sec. 3.2: feature shift
 
 
-def check_shift_div(channels, shift_div, causal=False, what="query"):
-    """Raise ValueError unless 1/shift_div of `channels` is a valid shift (Eq. 1); shift_div 0 means no shift."""
+def check_shift_div(channels, shift_div, causal=False, what="query", reach=1):
+    """Raise ValueError unless 1/shift_div of `channels` is a valid shift (Eq. 1) of the given reach; shift_div 0
+    means no shift."""
     if shift_div == 0:
         return
     if shift_div < 0 or channels % shift_div or channels // shift_div < 2:
         raise ValueError(f"shift_div {shift_div}: 1/{shift_div} of the {channels} {what} channels must be a whole "
                          f"number of at least 2 channels")
-    if not causal and (channels // shift_div) % 2:
-        raise ValueError(f"shift_div {shift_div}: 1/{shift_div} of the {channels} {what} channels is "
-                         f"{channels // shift_div}, an odd number that cannot be split evenly between the previous "
-                         f"and the next frame")
+    n = channels // shift_div
+    if not causal and n % 2:
+        raise ValueError(f"shift_div {shift_div}: 1/{shift_div} of the {channels} {what} channels is {n}, an odd "
+                         f"number that cannot be split evenly between the previous and the next frame")
+    per_way = n if causal else n // 2
+    if not isinstance(reach, int) or reach < 1 or reach > per_way:
+        way = "from the past" if causal else "each way"
+        raise ValueError(f"reach {reach}: 1/{shift_div} of the {channels} {what} channels shifts {per_way} {way}, "
+                         f"which cannot give each of {reach} frame offsets a channel (reach must be 1..{per_way})")
 
 
 def _from_neighbour(x, step):
-    """x (B, T, ...) -> frame t holds x's frame t - step (step 1: the previous frame, -1: the next), zeros outside."""
-    zeros = torch.zeros_like(x[:, :1])
-    return torch.cat([zeros, x[:, :-1]], 1) if step == 1 else torch.cat([x[:, 1:], zeros], 1)
+    """x (B, T, ...) -> frame t holds x's frame t - step (step > 0: from the past, < 0: from the future), zeros
+    outside the clip."""
+    T, k = x.shape[1], min(abs(step), x.shape[1])
+    zeros = x.new_zeros(x[:, :k].shape)
+    return torch.cat([zeros, x[:, :T - k]], 1) if step > 0 else torch.cat([x[:, k:], zeros], 1)
 
 
-def temporal_shift(x, shift_div, causal=False, dim=-1):
-    """Shift 1/shift_div of the channels of x along time (Eq. 1, TSM).
+def temporal_shift(x, shift_div, causal=False, dim=-1, reach=1):
+    """Shift 1/shift_div of the channels of x along time (Eq. 1, TSM), reaching `reach` frames each way.
 
     x: (B, T, ...), time at dim 1, channels at `dim` (last by default: queries (B, T, Q, C); 2 for feature maps
     (B, T, C, h, w)). With n = C // shift_div, frame t takes channels [0, n/2) from frame t-1 and [C - n/2, C) from
     frame t+1; the rest stay; neighbours outside the clip give zeros. causal=True (online, no look-ahead): all n
     shifted channels come from frame t-1. shift_div=0 returns x. Returns a new tensor of x's shape; differentiable.
     shift_div is the total fraction, as in the paper: TSM's fold_div = 8 (1/8 each way) is shift_div = 4.
+
+    reach r > 1 moves the same n channels, farther: each way's channels are split into r groups as evenly as
+    possible (the first groups one channel larger), and group j comes from frame t-j (of [0, n/2)) or t+j (of
+    [C - n/2, C)); causal: group j of [0, n) from t-j. So frame t reads frames t-r..t+r (t-r..t when causal): a cue
+    missing for up to 2r - 1 frames in a row (r when causal) can still reach every frame of the gap in one shift.
+    reach=1 is the shift above.
     """
     if shift_div == 0:
         return x
     dim = dim % x.dim()
     C = x.shape[dim]
-    check_shift_div(C, shift_div, causal)
+    check_shift_div(C, shift_div, causal, reach=reach)
     n = C // shift_div
+    h = n if causal else n // 2  # channels from each side
+
+    def from_offsets(channels, sign):  # group j of these channels from frame t - sign * j
+        return [_from_neighbour(g, sign * j) for j, g in enumerate(channels.tensor_split(reach, dim), 1)]
+
+    past = from_offsets(x.narrow(dim, 0, h), 1)
     if causal:
-        return torch.cat([_from_neighbour(x.narrow(dim, 0, n), 1), x.narrow(dim, n, C - n)], dim)
-    h = n // 2
-    return torch.cat([_from_neighbour(x.narrow(dim, 0, h), 1), x.narrow(dim, h, C - 2 * h),
-                      _from_neighbour(x.narrow(dim, C - h, h), -1)], dim)
+        return torch.cat(past + [x.narrow(dim, h, C - h)], dim)
+    return torch.cat(past + [x.narrow(dim, h, C - 2 * h)] + from_offsets(x.narrow(dim, C - h, h), -1), dim)
 
 
 # -----------------------------------------------------------------------------
@@ -118,23 +137,24 @@ def match_queries(q):
     return torch.from_numpy(perm).to(q.device)
 
 
-def shift_queries(q, shift_div, match=True, causal=False, match_on=None):
+def shift_queries(q, shift_div, match=True, causal=False, match_on=None, reach=1):
     """Shift 1/shift_div of the decoded query channels in time, after matching the queries across frames.
 
     q: (B, T, Q, C) decoded queries of B clips of T frames. match_on: (B, T, Q, D) features to match by (default q
     itself, Eq. 2; e.g. the queries' predicted mask maps pair the queries that cover the same pixels). Returns
     (B, T, Q, C), every frame's queries in their original order, so the heads see the usual layout. shift_div=0
-    returns q: the frame-by-frame model. Frame t's result depends on frames t-1, t, t+1 only (t-1, t when causal):
-    matching is chained, but un-permuting cancels the chain, leaving only the pairs (t-1, t) and (t, t+1).
+    returns q: the frame-by-frame model. Frame t's result depends on frames t-r..t+r only (t-r..t when causal) for
+    reach r (see temporal_shift): matching is chained, but un-permuting cancels the chain, leaving only the pairs
+    between t-r and t+r.
     """
     if shift_div == 0:
         return q
     if not match:
-        return temporal_shift(q, shift_div, causal)
+        return temporal_shift(q, shift_div, causal, reach=reach)
     perm = match_queries(q if match_on is None else match_on)[..., None].expand_as(q)  # (B, T, Q, C)
     unperm = perm.argsort(dim=2)  # the inverse permutation, to put the queries back
     aligned = q.gather(2, perm)  # (B, T, Q, C), query i of every frame stands for the same segment
-    return temporal_shift(aligned, shift_div, causal).gather(2, unperm)
+    return temporal_shift(aligned, shift_div, causal, reach=reach).gather(2, unperm)
 
 
 # -----------------------------------------------------------------------------
@@ -192,10 +212,12 @@ class QShiftSegmenter(nn.Module):
     (match_by="queries") or by the cosine similarity of their predicted masks (match_by="masks"). Matching concerns
     the queries only: with "queries" not in shift_at, no matching runs and settings() records match=False.
     shift_div=0 is the frame-by-frame image model. The auxiliary predictions of the earlier decoder layers (HF's
-    auxiliary loss) stay as the image model computes them, unshifted.
+    auxiliary loss) stay as the image model computes them, unshifted. reach: how many frames each shift reaches
+    each way (see temporal_shift); 1 is the paper's.
     """
 
-    def __init__(self, model, shift_div=16, match=True, causal=False, shift_at=("queries",), match_by="queries"):
+    def __init__(self, model, shift_div=16, match=True, causal=False, shift_at=("queries",), match_by="queries",
+                 reach=1):
         super().__init__()
         if model.config.model_type not in FAMILIES:
             raise ValueError(f"{type(model).__name__}: not a MaskFormer or Mask2Former (model_type "
@@ -206,13 +228,13 @@ class QShiftSegmenter(nn.Module):
         if match_by not in ("queries", "masks"):
             raise ValueError(f"match_by {match_by}: choose queries or masks")
         self.model, self.family = model, model.config.model_type
-        self.shift_div, self.causal, self.match_by = shift_div, causal, match_by
+        self.shift_div, self.causal, self.match_by, self.reach = shift_div, causal, match_by, reach
         self.shift_at = tuple(p for p in PLACEMENTS if p in shift_at)
         self.match = bool(match) and shift_div > 0 and "queries" in self.shift_at  # what runs, not what was asked
         names = {"queries": "query", "pixels": "pixel-embedding", "backbone": "backbone feature-map"}
         for placement in self.shift_at:
             for channels in self.channels(placement):
-                check_shift_div(channels, shift_div, causal, names[placement])
+                check_shift_div(channels, shift_div, causal, names[placement], reach)
 
     def channels(self, placement):
         """The channel counts of a placement's tensors: [C] for queries, [C'] for pixels, one per backbone map."""
@@ -230,7 +252,7 @@ class QShiftSegmenter(nn.Module):
         """"backbone" placement: features [(B, T, C_i, h_i, w_i)] -> the same, shifted in time (Eq. 1)."""
         if "backbone" not in self.shift_at:
             return features
-        return [temporal_shift(f, self.shift_div, self.causal, dim=2) for f in features]
+        return [temporal_shift(f, self.shift_div, self.causal, dim=2, reach=self.reach) for f in features]
 
     def decode(self, features, aux=False):
         """Pixel and transformer decoders: features [(N, C_i, h_i, w_i)] -> queries (N, Q, C), pixel embeddings
@@ -252,9 +274,9 @@ class QShiftSegmenter(nn.Module):
             if self.match and self.match_by == "masks":
                 masks = self.heads(queries.flatten(0, 1), pixel_embeddings.flatten(0, 1))[1]  # (B*T, Q, h, w)
                 match_on = masks.sigmoid().flatten(2).unflatten(0, queries.shape[:2])  # (B, T, Q, h*w)
-            queries = shift_queries(queries, self.shift_div, self.match, self.causal, match_on)
+            queries = shift_queries(queries, self.shift_div, self.match, self.causal, match_on, self.reach)
         if "pixels" in self.shift_at:
-            pixel_embeddings = temporal_shift(pixel_embeddings, self.shift_div, self.causal, dim=2)
+            pixel_embeddings = temporal_shift(pixel_embeddings, self.shift_div, self.causal, dim=2, reach=self.reach)
         return queries, pixel_embeddings
 
     def forward(self, pixel_values, mask_labels=None, class_labels=None):
@@ -285,7 +307,7 @@ class QShiftSegmenter(nn.Module):
 
     def settings(self):
         return {"shift_div": self.shift_div, "match": self.match, "causal": self.causal,
-                "shift_at": list(self.shift_at), "match_by": self.match_by}
+                "shift_at": list(self.shift_at), "match_by": self.match_by, "reach": self.reach}
 
     def save_pretrained(self, directory):
         """Write the HF model (config + safetensors) and the qshift settings (qshift.json) to `directory`."""
@@ -294,7 +316,7 @@ class QShiftSegmenter(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path, num_labels=None, id2label=None, shift_div=None, match=None, causal=None,
-                        shift_at=None, match_by=None, **kwargs):
+                        shift_at=None, match_by=None, reach=None, **kwargs):
         """Load a MaskFormer or Mask2Former (HF hub id or local directory) or a directory written by save_pretrained.
 
         The family follows the checkpoint's config (model_type). num_labels different from the checkpoint's replaces
@@ -304,7 +326,8 @@ class QShiftSegmenter(nn.Module):
         """
         settings_file = Path(name_or_path) / "qshift.json"
         settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
-        given = dict(shift_div=shift_div, match=match, causal=causal, shift_at=shift_at, match_by=match_by)
+        given = dict(shift_div=shift_div, match=match, causal=causal, shift_at=shift_at, match_by=match_by,
+                     reach=reach)
         settings.update({k: v for k, v in given.items() if v is not None})
         hub_kwargs = {k: v for k, v in kwargs.items() if k in ("cache_dir", "revision", "local_files_only", "token")}
         try:
@@ -333,17 +356,17 @@ QShiftMaskFormer = QShiftSegmenter  # the name of earlier versions; it also wrap
 # Whole videos in bounded memory (inference), exactly as one whole-clip run
 
 
-def _sliding(batches, shift, causal):
-    """Apply a shift whose frame t reads frames t-1..t+1 (t-1..t when causal) to a stream of frame batches.
+def _sliding(batches, shift, causal, reach=1):
+    """Apply a shift whose frame t reads frames t-r..t+r (t-r..t when causal), r = reach, to a stream of frame batches.
 
     batches: iterable of lists of tensors, each (n, ...) for the next n frames. shift: a function of such a list
     with a leading clip dimension [(1, w, ...)], returning a list of the same shapes. Yields lists (m, ...) for the
-    frames in order, equal to the shift of the whole stream: one emitted frame is kept as left context, and one
-    frame is held back for the right (none when causal); beyond the stream's ends the shift sees zeros, as at a
-    clip's ends.
+    frames in order, equal to the shift of the whole stream: the last r emitted frames are kept as left context (the
+    halo), and r frames are held back for the right (none when causal); beyond the stream's ends the shift sees
+    zeros, as at a clip's ends.
     """
-    lag = 0 if causal else 1
-    window, halo = None, 0  # window: [halo frame (once there is one)] + pending frames, per tensor
+    lag = 0 if causal else reach
+    window, halo = None, 0  # window: [halo frames (up to r, once there are any)] + pending frames, per tensor
     for batch in itertools.chain(batches, [None]):  # None marks the end
         if batch is not None:
             window = batch if window is None else [torch.cat([w, b]) for w, b in zip(window, batch)]
@@ -354,8 +377,9 @@ def _sliding(batches, shift, causal):
             continue
         shifted = shift([w[None] for w in window])
         yield [s[0, halo:halo + emit] for s in shifted]
-        window = [w[halo + emit - 1:] for w in window]  # the last emitted frame is the new halo
-        halo = 1
+        keep = min(reach, halo + emit)  # the last r emitted frames are the new halo
+        window = [w[halo + emit - keep:] for w in window]
+        halo = keep
 
 
 @torch.no_grad()
@@ -365,8 +389,9 @@ def stream_logits(model, frames, chunk=8, amp=False):
     frames: iterable of pixel_values (3, H, W); frames beyond its ends count as zeros for the shift. Yields
     (class_logits (n, Q, L+1), mask_logits (n, Q, H/4, W/4)) in float32 for the next n frames, in order, equal to
     the model's output on the whole clip. The backbone runs `chunk` frames at a time; each shift in series (the
-    backbone's, then the decoded queries' and pixels') keeps one frame of context on each side (the past only when
-    causal), so frame t waits for frame t+1, or t+2 with backbone and a later placement. amp: bf16 autocast.
+    backbone's, then the decoded queries' and pixels') keeps r = model.reach frames of context on each side (the past
+    only when causal), so frame t waits for frame t+r, or t+2r with backbone and a later placement. amp: bf16
+    autocast.
     """
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
@@ -386,10 +411,10 @@ def stream_logits(model, frames, chunk=8, amp=False):
 
     stage = features()
     if "backbone" in model.shift_at and model.shift_div:
-        stage = _sliding(stage, model.shift_backbone, model.causal)
+        stage = _sliding(stage, model.shift_backbone, model.causal, model.reach)
     stage = decoded(stage)
     if {"queries", "pixels"} & set(model.shift_at) and model.shift_div:
-        stage = _sliding(stage, lambda window: list(model.shift_decoded(*window)), model.causal)
+        stage = _sliding(stage, lambda window: list(model.shift_decoded(*window)), model.causal, model.reach)
     for queries, pixel_embeddings in stage:
         with autocast:
             class_logits, mask_logits = model.heads(queries, pixel_embeddings)
@@ -421,7 +446,7 @@ def semantic_segmentation(class_logits, mask_logits, size=None):
 
     class_logits (N, Q, L+1), mask_logits (N, Q, h, w) -> (N, H, W) int64 for size=(H, W) (None keeps (h, w)):
     sum over queries of p(class) without the null class times sigmoid(mask), bilinear to size, argmax.
-    HF's Mask2Former post-processing first resizes the mask logits to 384x384; this does not (see README).
+    HF's Mask2Former post-processing first resizes the mask logits to 384x384; this does not (see docs/details.md).
     """
     with torch.autocast(class_logits.device.type, enabled=False):  # bf16 scores would flip close argmaxes
         probs = class_logits.float().softmax(-1)[..., :-1]  # (N, Q, L)
@@ -459,7 +484,7 @@ def tiny_config(num_labels, hidden_size=64, num_queries=20, embed_dim=16, decode
 
 def build_model(config, *args, **settings):
     """A randomly initialised QShiftSegmenter from an HF MaskFormerConfig or Mask2FormerConfig; the other arguments
-    are QShiftSegmenter's (shift_div, match, causal, shift_at, match_by), with its defaults.
+    are QShiftSegmenter's (shift_div, match, causal, shift_at, match_by, reach), with its defaults.
 
     The learned query embeddings are drawn from N(0, 1), as in DETR: with HF's default std of 0.02 the queries of a
     model trained from scratch stay nearly identical and every pixel ends up with one class.

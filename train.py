@@ -6,6 +6,7 @@ Train MaskFormer (or Mask2Former) with shifted and matched queries on video clip
     python train.py --data cityscapes-vps --root data/cityscapes-vps --shift 32 --match
     python train.py --data vspw --root data/VSPW_480p --shift 0            # the frame-by-frame baseline
     python train.py --data vspw --root data/VSPW_480p --shift 8 --shift-at pixels          # beyond the paper
+    python train.py --world hide_run=3 --shift 4 --shift-at pixels --reach 3     # cues hidden 3 frames in a row
     python train.py --data vspw --root data/VSPW_480p --model facebook/mask2former-swin-tiny-ade-semantic
     python train.py --data clips --root my_videos --model tiny --max-steps 200   # your own videos (see data.py)
 
@@ -29,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from cli import check_at_least, fail, first_line, make_parser
+from cli import check_at_least, fail, first_line, make_parser, parse_world
 
 # -----------------------------------------------------------------------------
 # configuration: a flag given on the command line wins, then (with --resume) the run's saved config, then the
@@ -42,7 +43,7 @@ PRESETS = {  # clip_len frames per clip; batch_size clips per step (per GPU); cr
     "synthetic": dict(clip_len=8, batch_size=2, lr=5e-4, epochs=10, crop=None, model="tiny", workers=0),
 }
 SHIFT_AT = ("queries", "pixels", "backbone")  # qshift.PLACEMENTS, named here to check --shift-at before torch loads
-DEFAULTS = dict(root=None, model="facebook/maskformer-swin-tiny-ade",
+DEFAULTS = dict(root=None, model="facebook/maskformer-swin-tiny-ade", world={},
                 weight_decay=0.05, warmup=100, grad_clip=0.1, max_steps=0, out="out", seed=0, workers=4, amp=False,
                 eval_every=0, val_videos=0, log_every=10, min_frames=32, device=None)
 
@@ -72,6 +73,10 @@ def parse_args(argv=None):
                         "(Eq. 2) or by their predicted masks' (queries)")
     parser.add_argument("--causal", action=argparse.BooleanOptionalAction,
                         help="online: shift from the past only (off)")
+    parser.add_argument("--reach", type=int, help="each shift takes its channels from up to R frames each way, "
+                        "split evenly among the offsets 1..R (1, the paper's)")
+    parser.add_argument("--world", type=parse_world, metavar="KNOBS", help="synthetic data: the world's knobs, e.g. "
+                        "hide_run=3,speed=8 (class cues hidden in runs of 3 frames, blobs 8x faster; see data.py)")
     parser.add_argument("--model", help="HF hub id or local folder of a MaskFormer or Mask2Former, or 'tiny' / "
                         "'tiny-mask2former' for a small random one")
     parser.add_argument("--clip-len", type=int, help="frames per clip")
@@ -97,8 +102,8 @@ def parse_args(argv=None):
     parser.add_argument("--log-every", type=int, help="(10)")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
     args = parser.parse_args(argv)
-    check_at_least(args, {"--shift": 0, "--clip-len": 1, "--batch-size": 1, "--epochs": 1, "--max-steps": 0,
-                          "--lr": 0, "--weight-decay": 0, "--warmup": 0, "--grad-clip": 0, "--min-frames": 1,
+    check_at_least(args, {"--shift": 0, "--reach": 1, "--clip-len": 1, "--batch-size": 1, "--epochs": 1,
+                          "--max-steps": 0, "--lr": 0, "--weight-decay": 0, "--warmup": 0, "--grad-clip": 0, "--min-frames": 1,
                           "--stop-at": 1, "--workers": 0, "--eval-every": 0, "--val-videos": 0, "--log-every": 1})
     if args.shift_at is not None:
         places = args.shift_at.split(",")
@@ -128,6 +133,8 @@ data_name = given.get("data") or saved.get("data") or "synthetic"
 config = {**DEFAULTS, **PRESETS[data_name], **saved, **given, "data": data_name}
 if data_name != "synthetic" and config["root"] is None:
     fail(f"--data {data_name} needs --root, the data set's folder")
+if data_name != "synthetic" and config["world"]:
+    fail(f"--world: only the synthetic data set has knobs, not --data {data_name}")
 if config["root"] is not None and not os.path.isdir(config["root"]):
     fail(f"--root {config['root']}: no such folder")
 # more loader processes than cores only wait for each other (and torch warns): take the cores there are
@@ -201,16 +208,17 @@ val_split = "val" if data_name != "clips" or os.path.isfile(os.path.join(root, "
 capped = None  # a note when the crop is larger than any training clip can fill
 try:
     crop = tuple(config["crop"]) if config["crop"] else None
+    knobs = config["world"]  # the synthetic world's, {} for other data
     train_set = build_dataset(data_name, root, "train", config["clip_len"], train=True, crop=crop,
-                              min_frames=config["min_frames"], seed=seed)
+                              min_frames=config["min_frames"], seed=seed, **knobs)
     if crop is not None and train_set.crop != crop:  # capped at the largest frame at the largest scale
         capped = (f"crop {crop[0]}x{crop[1]} capped at {train_set.crop[0]}x{train_set.crop[1]}: the largest frame at "
                   f"the largest training scale fills no more, the rest would be padding")
         config["crop"] = list(train_set.crop)
     val_set = None
     if val_split:
-        val_set = build_dataset(data_name, root, val_split, None, train=False,
-                                min_frames=config["min_frames"])  # seed 0: one synthetic val world for every run
+        val_set = build_dataset(data_name, root, val_split, None, train=False, min_frames=config["min_frames"],
+                                **knobs)  # seed 0: one synthetic val world for every run
     for dataset in (train_set, val_set):
         if dataset is not None and not dataset.labelled:
             fail(f"--root {root}: the videos have no labels (<video>/labels/); training needs them, evaluate.py "
@@ -219,11 +227,13 @@ try:
             dataset.check()  # your own files, read once now: a bad one stops the run here, not steps into it
 except DataError as e:
     fail(str(e))
+except ValueError as e:  # knobs that each pass alone but not together, e.g. runs of hidden frames too long
+    fail(f"--world: {e}")
 
 # the shift's settings: given here or saved with the run; the rest are QShiftSegmenter's defaults, the paper's
 settings = dict(shift_div=config.get("shift"), match=config.get("match"), causal=config.get("causal"),
                 shift_at=config["shift_at"].split(",") if config.get("shift_at") else None,
-                match_by=config.get("match_by"))
+                match_by=config.get("match_by"), reach=config.get("reach"))
 tiny = {"tiny": "maskformer", "tiny-mask2former": "mask2former"}
 
 
@@ -251,14 +261,14 @@ try:
         model = QShiftSegmenter.from_pretrained(config["model"], num_labels=train_set.num_classes,
                                                 id2label=train_set.id2label, **settings, **from_cache(config["model"]))
 except ValueError as e:  # qshift names the setting: shift_div, shift_at, match_by
-    flags = {"shift_div": "--shift", "shift_at": "--shift-at", "match_by": "--match-by"}
+    flags = {"shift_div": "--shift", "shift_at": "--shift-at", "match_by": "--match-by", "reach": "--reach"}
     setting = str(e).split(" ")[0]
     fail(flags[setting] + str(e)[len(setting):] if setting in flags else str(e))
 except OSError as e:
     fail(str(e))
 resolved = model.settings()  # what runs, recorded in config.json: e.g. match is off when the queries are not shifted
 config.update(shift=resolved["shift_div"], match=resolved["match"], causal=resolved["causal"],
-              shift_at=",".join(resolved["shift_at"]), match_by=resolved["match_by"])
+              shift_at=",".join(resolved["shift_at"]), match_by=resolved["match_by"], reach=resolved["reach"])
 if model.model.config.num_labels != train_set.num_classes:
     fail(f"--model {config['model']}: {model.model.config.num_labels} classes, the data set has "
          f"{train_set.num_classes}")
@@ -407,9 +417,9 @@ def applicable(settings):
     shifted, validated = bool(settings["shift"]), val_set is not None
     off = {"root": settings["root"] is None, "min_frames": settings["data"] != "vspw",  # VSPW's filter only
            "max_steps": not settings["max_steps"], "epochs": bool(settings["max_steps"]),  # the one that counts
-           "shift_at": not shifted, "match": not shifted, "causal": not shifted, "match_by": not settings["match"],
-           "amp": not device.startswith("cuda"), "eval_every": not validated,
-           "val_videos": not validated or not settings["val_videos"], "backend": not ddp}
+           "shift_at": not shifted, "match": not shifted, "causal": not shifted, "reach": not shifted,
+           "match_by": not settings["match"], "world": not settings["world"], "amp": not device.startswith("cuda"),
+           "eval_every": not validated, "val_videos": not validated or not settings["val_videos"], "backend": not ddp}
     return {**{k: v for k, v in settings.items() if not off.get(k)}, "device": device}  # the device it runs on
 
 

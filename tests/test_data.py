@@ -1,4 +1,5 @@
 """data.py: tiny trees in each official layout, checked against hand-computed expectations and HF's own code."""
+import hashlib
 import json
 import os
 
@@ -382,6 +383,73 @@ def test_synthetic_hidden_frames_never_come_two_in_a_row():
     assert not (hidden[:, 1:] & hidden[:, :-1]).any()  # a neighbour always shows the class
 
 
+@pytest.mark.parametrize("kwargs,sha256", [
+    (dict(split="val"), "58f1be5e82147fa1da6498242c2973aa1f2bb94b79c8921bb5205123a44c0d28"),
+    (dict(split="train", seed=3, num_videos=4), "4e775be2187c4394c419fb34eb2faa9d561f65855e91d25f2da117bcc2e3d498"),
+    (dict(split="test", num_videos=3, num_frames=9, hidden_fraction=0.4),
+     "965c0757c3190f756835cb2d4dbb0e1ab86054335bb2611402a524c476f14a1d")])
+def test_synthetic_default_world_is_byte_for_byte_the_earlier_one(kwargs, sha256):
+    # the digests were taken from the version before hide_run and speed existed (commit a39157c): every experiment
+    # in the default world stays comparable, and its image models reproducible
+    for knobs in ({}, dict(hide_run=1, speed=1.0)):
+        ds = data.Synthetic(**kwargs, **knobs)
+        digest = hashlib.sha256()
+        for array in (ds.images, ds.labels, ds.cue, ds.object_ids):
+            digest.update(array.tobytes())
+        assert digest.hexdigest() == sha256
+
+
+def one_object_world(**knobs):
+    """Synthetic videos of one object, which nothing occludes: a frame shows its cue or hides it all over."""
+    return data.Synthetic("train", num_videos=8, num_objects=1, **knobs)
+
+
+@pytest.mark.parametrize("hide_run,runs", [(1, 8), (2, 4), (3, 3), (4, 2)])  # a third of 24 frames, about
+def test_hidden_frames_come_in_runs_of_exactly_hide_run(hide_run, runs):
+    ds = one_object_world(hide_run=hide_run)
+    hidden = ds.cue.reshape(8, 24, -1).any(-1)  # (V, T)
+    for video in hidden:
+        edges = np.diff(np.concatenate([[0], video.astype(int), [0]]))  # +1 where a run starts, -1 after it ends
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        assert len(starts) == runs and (ends - starts == hide_run).all()  # runs never touch: a visible frame between
+    assert len({tuple(np.flatnonzero(video)) for video in hidden}) >= 6  # drawn anew for every video (may repeat)
+
+
+def test_cue_distance_is_the_frames_to_the_nearest_frame_in_colour():
+    ds = one_object_world(hide_run=3)
+    hidden = ds.cue.reshape(8, 24, -1).any(-1)  # (V, T)
+    for v in range(8):
+        shown = np.flatnonzero(~hidden[v])
+        for t in range(24):
+            nearest = np.abs(shown - t).min()  # brute force
+            on_object = ds.object_ids[v, t] == 0
+            assert (ds.cue_distance[v, t][on_object] == nearest).all()
+            assert (ds.cue_distance[v, t][~on_object] == 0).all()  # the background never hides
+    counts = np.bincount(ds.cue_distance.ravel())
+    assert counts[1] > counts[2] > 0  # the ends of runs, their middles (and d >= 3 where a run starts a video)
+    item = ds[0]
+    assert item["cue_distance"].dtype == torch.uint8 and torch.equal(item["cue_hidden"], item["cue_distance"] > 0)
+    assert collate([item, ds[1]])["cue_distance"].shape == (2, 8, 64, 96)
+
+
+def test_speed_scales_the_blobs_motion():
+    def mean_step(world):  # the object's centroid, moved per frame, mean over the videos
+        centres = [[np.argwhere(ids == 0).mean(0) for ids in video] for video in world.object_ids]
+        return np.linalg.norm(np.diff(np.array(centres), axis=1), axis=-1).mean(1)  # (V,)
+
+    slow, fast = mean_step(one_object_world()), mean_step(one_object_world(speed=2.0))
+    assert np.allclose(fast / slow, 2, atol=0.15)  # the same draws, twice as far (a bounce shortens a step)
+    assert np.array_equal(one_object_world(speed=2.0).labels.sum((1, 2, 3)) > 0, np.ones(8, bool))
+
+
+def test_impossible_worlds_are_refused():
+    with pytest.raises(ValueError, match="hide_run 5: 2 x 5 hidden frames"):
+        data.Synthetic(num_videos=1, num_frames=10, hidden_fraction=0.9, hide_run=5)
+    for knobs in (dict(hide_run=0), dict(hide_run=1.5), dict(speed=0)):
+        with pytest.raises(ValueError, match="hide_run .*, speed "):
+            data.Synthetic(num_videos=1, **knobs)
+
+
 def test_synthetic_training_crop_and_flip_keep_cue_aligned():
     ds = build_dataset("synthetic", num_videos=2, clip_len=4, crop=(48, 48), seed=1)
     for epoch in range(3):
@@ -520,3 +588,13 @@ def test_bad_cityscapes_vps_and_clips_trees(tmp_path):
     os.makedirs(clips / "c")
     with pytest.raises(DataError, match=r"c[/\\]frames: no such folder"):
         build_dataset("clips", clips)
+
+
+def test_the_command_lines_world_knobs_are_the_synthetic_worlds_with_its_defaults():
+    import inspect
+
+    import cli
+    parameters = inspect.signature(data.Synthetic).parameters
+    assert {knob: parameters[knob].default for knob in cli.WORLD} == cli.WORLD
+    assert cli.parse_world("hide_run=3,speed=8") == {"hide_run": 3, "speed": 8.0}
+    assert cli.parse_world("hide_run=1,speed=1") == {} == cli.parse_world("")  # one world, one spelling

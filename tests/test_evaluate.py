@@ -224,6 +224,45 @@ def test_evaluate_scores_match_the_definitions(synthetic, monkeypatch):
     assert 0 < results["hidden_acc"] < 1 and 0 < results["mvc16"] < 1  # the check is not vacuous
 
 
+def test_hidden_cue_accuracy_by_distance_matches_the_definition(monkeypatch):
+    monkeypatch.setattr(qshift, "predict_video", fake_predictions)
+    world = data.build_dataset("synthetic", split="val", clip_len=None, train=False, num_videos=3, hide_run=3)
+    results = evaluate.evaluate(torch.nn.Linear(1, 1), world, progress=False)
+    pred = torch.cat([torch.stack(list(fake_predictions(None, world[v]["pixel_values"]))) for v in range(3)])
+    label = torch.cat([world[v]["labels"] for v in range(3)])
+    distance = torch.cat([world[v]["cue_distance"] for v in range(3)]).long()
+    for name, where in (("hidden_d1_acc", distance == 1), ("hidden_d2_acc", distance == 2),
+                        ("hidden_d3_acc", distance >= 3), ("hidden_acc", distance > 0)):
+        assert where.sum() > 100  # runs of 3 have ends and middles; some touch a video's first or last frame
+        assert results[name] == pytest.approx(scores_by_definition(pred, label, world.num_classes, where)[2])
+    one = evaluate.evaluate(torch.nn.Linear(1, 1), data.build_dataset("synthetic", split="val", clip_len=None,
+                                                                      train=False, num_videos=2), progress=False)
+    assert one["hidden_d1_acc"] == one["hidden_acc"] and math.isnan(one["hidden_d2_acc"])  # runs of 1: all at d1
+
+
+def test_the_world_is_read_from_the_run_and_names_the_evaluation(checkpoint, tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    for f in checkpoint.iterdir():
+        (run / "best" / f.name).write_bytes(f.read_bytes())
+    (run / "config.json").write_text(json.dumps({"data": "synthetic", "root": None, "world": {"hide_run": 3}}))
+    main(["--checkpoint", str(run / "best"), "--max-videos", "2", "--device", "cpu"])
+    main(["--checkpoint", str(run / "best"), "--max-videos", "2", "--device", "cpu", "--world", "hide_run=1"])
+    capsys.readouterr()
+    runs3 = json.loads((run / "eval-synthetic-hide_run3-val-first2.json").read_text())
+    runs1 = json.loads((run / "eval-synthetic-val-first2.json").read_text())  # the default world: the usual name
+    assert runs3["world"] == {"hide_run": 3} and runs1["world"] == {}
+    assert runs3["results"]["hidden_d2_acc"] is not None and runs1["results"]["hidden_d2_acc"] is None
+    for name in ("eval-synthetic-hide_run3-val", "eval-synthetic-val"):  # as evaluations of all videos, for --table
+        first2 = json.loads((run / f"{name}-first2.json").read_text())
+        (run / f"{name}.json").write_text(json.dumps({**first2, "max_videos": None}))
+    with pytest.raises(SystemExit):  # two worlds evaluated: --table asks which
+        main(["--table", str(run)])
+    assert "choose one with --data, --root, --split and --world" in capsys.readouterr().err
+    main(["--table", str(run), "--world", "hide_run=3"])
+    assert "| hidden d1 | hidden d2 |" in capsys.readouterr().out
+
+
 def main(argv):
     evaluate.main(parse_args(argv))
 
@@ -508,6 +547,10 @@ def bad_checkpoints(checkpoint, tmp_path_factory):
     (["--checkpoint", "{good}"], "needs --data: no"),
     (["--checkpoint", "{good}", "--data", "synthetic", "--device", "gpu"], "--device gpu"),
     (["--checkpoint", "{good}", "--data", "synthetic", "--max-video", "1"], "unrecognized arguments: --max-video"),
+    (["--checkpoint", "{good}", "--data", "synthetic", "--world", "hide=3"], "unknown knob 'hide'"),
+    (["--checkpoint", "{good}", "--data", "synthetic", "--world", "speed=0"], "speed must be"),
+    (["--checkpoint", "{good}", "--data", "synthetic", "--world", "hide_run=30"], "--world: hide_run 30: 1 x 30 hidden frames"),
+    (["--checkpoint", "{good}", "--data", "vspw", "--root", "{bad}", "--world", "hide_run=2"], "only the synthetic"),
     (["--checkpoint", "{bad}/from-run/best"], "cannot read"),
     (["--data", "synthetic"], "either --checkpoint"),
     (["--table", "{bad}/missing"], "no evaluation"),

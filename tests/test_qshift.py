@@ -64,6 +64,56 @@ def test_shift_of_feature_maps_along_their_channel_dim_equals_the_channels_last_
         assert torch.equal(temporal_shift(x, 4, causal, dim=2), expected)
 
 
+def frame_numbers(B, T, Q, C):
+    """(B, T, Q, C) whose every channel of frame t holds t + 1: a shifted channel's value names its frame."""
+    return (torch.arange(T, dtype=torch.float) + 1).view(1, T, 1, 1).expand(B, T, Q, C).clone()
+
+
+def test_reach_splits_each_ways_channels_among_the_offsets():
+    T, C = 9, 16
+    y = temporal_shift(frame_numbers(1, T, 2, C), 2, reach=3)[0, :, 0]  # 4 channels each way: groups of 2, 1, 1
+    came_from = [1, 1, 2, 3] + [None] * 8 + [-1, -1, -2, -3]  # channel c holds frame t - came_from[c]
+    for t in range(T):
+        for c, offset in enumerate(came_from):
+            source = t if offset is None else t - offset
+            assert y[t, c] == (source + 1 if 0 <= source < T else 0), (t, c)
+
+
+def test_causal_reach_takes_every_shifted_channel_from_the_past():
+    T = 6
+    y = temporal_shift(frame_numbers(1, T, 1, 16), 4, causal=True, reach=3)[0, :, 0]  # 4 channels: groups 2, 1, 1
+    for t in range(T):
+        expected = [t - 1, t - 1, t - 2, t - 3] + [t] * 12
+        assert y[t].tolist() == [s + 1 if s >= 0 else 0 for s in expected], t
+
+
+def test_reach_one_is_the_papers_shift_and_reach_moves_no_more_channels():
+    x = torch.randn(2, 5, 3, 64)
+    for causal in (False, True):
+        assert torch.equal(temporal_shift(x, 8, causal, reach=1), temporal_shift(x, 8, causal))
+        changed = [(temporal_shift(x, 8, causal, reach=r) != x).any(0).any(0).any(0).sum().item() for r in (1, 2, 4)]
+        assert changed == [8, 8, 8]  # the same 1/8 of the 64 channels, whatever the reach
+
+
+@pytest.mark.parametrize("reach,causal,message", [
+    (3, False, "reach 3: 1/8 of the 32 query channels shifts 2 each way"),
+    (5, True, "reach 5: 1/8 of the 32 query channels shifts 4 from the past"),
+    (0, False, "reach 0: "), (1.5, False, "reach 1.5: ")])
+def test_reach_that_leaves_an_offset_without_a_channel_is_refused(reach, causal, message):
+    with pytest.raises(ValueError, match=message):
+        temporal_shift(torch.randn(1, 4, 2, 32), 8, causal, reach=reach)
+
+
+@pytest.mark.parametrize("reach", [1, 2, 3])
+@pytest.mark.parametrize("causal", [False, True])
+def test_frame_t_reads_exactly_the_frames_within_reach(reach, causal):
+    T, t = 9, 4
+    x = torch.randn(1, T, 2, 24, requires_grad=True)
+    temporal_shift(x, 4, causal, reach=reach)[:, t].sum().backward()  # 6 channels: 3 each way or 6 from the past
+    touched = x.grad[0].abs().flatten(1).sum(1) > 0  # (T,)
+    assert touched.tolist() == [t - reach <= s <= (t if causal else t + reach) for s in range(T)]
+
+
 def test_shift_passes_gradients_to_the_neighbours():
     x = torch.randn(1, 3, 2, 8, requires_grad=True)
     temporal_shift(x, 4)[:, 1].sum().backward()  # frame 1 reads channel 0 of frame 0 and channel 7 of frame 2
@@ -202,11 +252,13 @@ def test_every_placement_at_zero_is_the_image_model(family, shift_at):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("shift_at", PLACEMENTS)
 @pytest.mark.parametrize("causal", [False, True])
-def test_frame_t_depends_on_frames_t_minus_n_to_t_plus_n(family, shift_at, causal):
-    # n = the number of shifts in series: queries and pixels act side by side after the decoders; backbone before
-    n = 2 if "backbone" in shift_at and len(shift_at) > 1 else 1
-    model = tiny_model(shift_div=4, causal=causal, family=family, shift_at=shift_at)
-    T, t = 7, 3
+@pytest.mark.parametrize("reach", [1, 2])
+def test_frame_t_depends_on_frames_t_minus_n_to_t_plus_n(family, shift_at, causal, reach):
+    # n = reach times the number of shifts in series: queries and pixels act side by side after the decoders;
+    # backbone before
+    n = reach * (2 if "backbone" in shift_at and len(shift_at) > 1 else 1)
+    model = tiny_model(shift_div=4, causal=causal, family=family, shift_at=shift_at, reach=reach)
+    T, t = 2 * n + 3, n + 1
     x = torch.randn(1, T, 3, 64, 96, requires_grad=True)
     model(x).masks_queries_logits[t].sum().backward()
     touched = x.grad[0].abs().flatten(1).sum(1) > 0  # (T,)
@@ -257,29 +309,29 @@ def test_matching_by_masks_pairs_the_unshifted_queries_predicted_masks(family):
 
 def test_matching_is_recorded_off_when_the_queries_are_not_shifted():
     assert tiny_model(shift_div=4, shift_at="pixels").settings() == \
-        {"shift_div": 4, "match": False, "causal": False, "shift_at": ["pixels"], "match_by": "queries"}
+        {"shift_div": 4, "match": False, "causal": False, "shift_at": ["pixels"], "match_by": "queries", "reach": 1}
     assert tiny_model(shift_div=0).settings()["match"] is False
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_save_and_load_round_trip(tmp_path, family):
     model = tiny_model(shift_div=8, match=True, causal=True, family=family, shift_at=("queries", "pixels"),
-                       match_by="masks")
+                       match_by="masks", reach=2)
     model.save_pretrained(tmp_path)
     loaded = QShiftMaskFormer.from_pretrained(tmp_path).eval()
     assert type(loaded.model) is type(model.model) and loaded.settings() == model.settings()
     x = video(3)[None]
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).masks_queries_logits, model(x).masks_queries_logits, atol=0, rtol=0)
-    assert QShiftSegmenter.from_pretrained(tmp_path, shift_div=4, shift_at=["pixels"]).settings() == \
-        {"shift_div": 4, "match": False, "causal": True, "shift_at": ["pixels"], "match_by": "masks"}
+    assert QShiftSegmenter.from_pretrained(tmp_path, shift_div=4, shift_at=["pixels"], reach=3).settings() == \
+        {"shift_div": 4, "match": False, "causal": True, "shift_at": ["pixels"], "match_by": "masks", "reach": 3}
 
 
 def test_settings_saved_before_placements_mean_the_papers(tmp_path):
     tiny_model(shift_div=8).model.save_pretrained(tmp_path)
     (tmp_path / "qshift.json").write_text('{"shift_div": 8, "match": true, "causal": false}')
     assert QShiftSegmenter.from_pretrained(tmp_path).settings() == \
-        {"shift_div": 8, "match": True, "causal": False, "shift_at": ["queries"], "match_by": "queries"}
+        {"shift_div": 8, "match": True, "causal": False, "shift_at": ["queries"], "match_by": "queries", "reach": 1}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -290,7 +342,7 @@ def test_load_a_plain_hf_directory_with_new_labels(tmp_path, family):
     names = {i: f"thing{i}" for i in range(3)}
     model = QShiftSegmenter.from_pretrained(tmp_path, num_labels=3, id2label=names).eval()
     assert model.settings() == {"shift_div": 16, "match": True, "causal": False, "shift_at": ["queries"],
-                                "match_by": "queries"}  # the paper's setting
+                                "match_by": "queries", "reach": 1}  # the paper's setting
     assert model.family == family and model.model.config.num_labels == 3 and model.model.config.id2label[2] == "thing2"
     assert model.model.class_predictor.out_features == 4
     backbone = next(k for k in hf.state_dict() if k.endswith("patch_embeddings.projection.weight"))
@@ -348,17 +400,19 @@ def whole_clip(model, frames):
     return out.class_queries_logits, out.masks_queries_logits
 
 
-STREAMED = [(family, shift_at, "queries") for family in FAMILIES for shift_at in PLACEMENTS[:5]] + \
-    [("mask2former", shift_at, "masks") for shift_at in PLACEMENTS[:5] if "queries" in shift_at]  # see distinct_masks
+STREAMED = [(family, shift_at, "queries", 1) for family in FAMILIES for shift_at in PLACEMENTS[:5]] + \
+    [("mask2former", shift_at, "masks", 1) for shift_at in PLACEMENTS[:5] if "queries" in shift_at] + \
+    [("maskformer", shift_at, "queries", 2) for shift_at in PLACEMENTS[:5]] + \
+    [("mask2former", ("queries",), "masks", 2)]  # masks: see distinct_masks
 
 
-@pytest.mark.parametrize("family,shift_at,match_by", STREAMED)
+@pytest.mark.parametrize("family,shift_at,match_by,reach", STREAMED)
 @pytest.mark.parametrize("causal", [False, True])
-def test_streaming_equals_the_whole_clip(family, shift_at, match_by, causal):
-    model = tiny_model(shift_div=4, causal=causal, family=family, shift_at=shift_at, match_by=match_by)
+def test_streaming_equals_the_whole_clip(family, shift_at, match_by, reach, causal):
+    model = tiny_model(shift_div=4, causal=causal, family=family, shift_at=shift_at, match_by=match_by, reach=reach)
     if match_by == "masks":
         distinct_masks(model)
-    frames = video(7)
+    frames = video(7 if reach == 1 else 11)  # 11: the halos of two shifts in series, 2 frames each, and more
     ref_class, ref_mask = whole_clip(model, frames)
     for chunk in (1, 3):  # 1: online, one frame at a time; 3: chunks of 3, 3, 1 frames
         out = list(stream_logits(model, iter(frames), chunk))
@@ -414,7 +468,7 @@ def test_semantic_maps_against_hf_mask2former_post_processing():
     at_384 = torch.nn.functional.interpolate(mask_logits, size=(384, 384), mode="bilinear", align_corners=False)
     assert torch.equal(semantic_segmentation(class_logits, at_384, (64, 96)), theirs)
     differ = (semantic_segmentation(class_logits, mask_logits, (64, 96)) != theirs).float().mean()
-    assert differ > 0  # without it the maps differ near class borders: 7.9% of these pixels (see README)
+    assert differ > 0  # without it the maps differ near class borders: 7.9% of these pixels (see docs/details.md)
 
 
 def test_semantic_maps_stay_float32_under_autocast():

@@ -50,7 +50,7 @@ def test_a_short_run_learns_and_writes_loadable_checkpoints(tmp_path):
     for name in ("last", "best"):
         model = QShiftMaskFormer.from_pretrained(out / name)
         assert model.settings() == {"shift_div": 16, "match": True, "causal": False, "shift_at": ["queries"],
-                                    "match_by": "queries"}
+                                    "match_by": "queries", "reach": 1}
     state = torch.load(out / "last" / "train_state.pt", weights_only=False)
     assert state["step"] == 40
     assert not list(out.glob(".tmp-*")), "a temporary checkpoint was left behind"
@@ -199,6 +199,23 @@ def test_bad_input_gets_one_line_and_exit_status_2(tmp_path):
     (tmp_path / "other" / "thesis.tex").write_text("keep me")
     expect_error(train("--overwrite", out=tmp_path / "other", check=False), "not a qshift run")
     assert (tmp_path / "other" / "thesis.tex").exists()
+
+
+def test_world_and_reach_are_recorded_and_read_back(tmp_path):
+    out = tmp_path / "run"
+    train(*SMALL, "--max-steps", "2", "--world", "hide_run=3,speed=2", "--shift", "4", "--shift-at", "pixels",
+          "--reach", "3", out=out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["world"] == {"hide_run": 3, "speed": 2.0} and config["reach"] == 3
+    val = [json.loads(line)["val"] for line in (out / "log.jsonl").read_text().splitlines() if "val" in line]
+    assert val[0]["hidden_d2_acc"] is not None  # validated in the world of runs of 3
+    from qshift import QShiftSegmenter
+    assert QShiftSegmenter.from_pretrained(out / "last").settings()["reach"] == 3
+    expect_error(train("--reach", "5", "--shift", "4", "--shift-at", "pixels", out=tmp_path / "b", check=False),
+                 "--reach 5: 1/4 of the 32 pixel-embedding channels shifts 4 each way")
+    expect_error(train("--world", "hide_run=30", out=tmp_path / "b", check=False), "--world: hide_run 30")
+    expect_error(train("--world", "run=3", out=tmp_path / "b", check=False), "unknown knob 'run'")
+    assert not (tmp_path / "b").exists()
 
 
 def test_flags_are_never_abbreviated_and_presets_are_in_help(tmp_path):
