@@ -145,10 +145,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.nn as nn  # noqa: E402
+import transformers  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 from tqdm import tqdm  # noqa: E402
-import transformers  # noqa: E402
 
 from data import DataError, build_dataset, collate, mask_targets  # noqa: E402
 from evaluate import evaluate, summary  # noqa: E402
