@@ -34,6 +34,11 @@ def check_at_least(args, lows):
             fail(f"{flag} {value}: must be at least {low}")
 
 
+def count(n, noun):
+    """'1 video', '2 videos': n and the noun, plural unless n is 1."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def first_line(e):
     """An exception as one line: its type and the first line of its message."""
     text = str(e).strip()

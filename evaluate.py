@@ -25,7 +25,7 @@ import math
 import re
 from pathlib import Path
 
-from cli import check_at_least, check_checkpoint, fail, first_line, make_parser, parse_world, world_name
+from cli import check_at_least, check_checkpoint, count, fail, first_line, make_parser, parse_world, world_name
 
 DATA_SETS = ("vspw", "cityscapes-vps", "clips", "synthetic")
 
@@ -530,12 +530,13 @@ def run_markdown(run):
     """One evaluation (the eval json's dict) as Markdown: the scores, then IoU per class."""
     r = run["results"]
     lines = [f"# {run['checkpoint']} on {run['data']} {run['split']}", "", _setting(run), ""]
+    seen = f"{count(r['num_frames'], 'frame')} of {count(r['num_videos'], 'video')}"
     if "miou" not in r:
-        return "\n".join(lines + [f"{r['num_frames']} frames of {r['num_videos']} videos predicted; no labels.", ""])
+        return "\n".join(lines + [f"{seen} predicted; no labels.", ""])
     keys = [key for key in TITLES if key in r]
     lines += ["| " + " | ".join(TITLES[k] for k in keys) + " |", "|" + "---:|" * len(keys),
               "| " + " | ".join(_pct(r[k]) for k in keys) + " |", "",
-              f"{r['num_frames']} frames of {r['num_videos']} videos; percent; mVC_k counts videos of over k frames.",
+              f"{seen}; percent; mVC_k counts videos of over k frames.",
               "", "## IoU per class (– : absent from the ground truth)", "", "| class | IoU |", "|---|---:|"]
     lines += [f"| {name} | {_pct(iou)} |" for name, iou in r["iou"].items()]
     return "\n".join(lines) + "\n"
@@ -774,10 +775,10 @@ def evaluate_main(args):
     print(report, end="")
     print(f"wrote {checkpoint.parent / name}.json and .md")
     if args.save_predictions:
-        print(f"wrote the predictions of {results['num_frames']} frames to {args.save_predictions}/<video>/")
+        print(f"wrote the predictions of {count(results['num_frames'], 'frame')} to {args.save_predictions}/<video>/")
     if args.visualize:
         drawn = min(args.num_vis, results["num_videos"])
-        print(f"drew {drawn} of {results['num_videos']} videos in {args.visualize}/ (--num-vis sets how many)")
+        print(f"drew {drawn} of {count(results['num_videos'], 'video')} in {args.visualize}/ (--num-vis sets how many)")
 
 
 def main(args):

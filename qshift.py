@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 the qshift authors. MIT licence (LICENSE): copies keep these two lines.
 """
 Shift and matching queries for video semantic segmentation (Mizuno and Tamaki), in one file.
 
@@ -35,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import HfApi
+from huggingface_hub import constants as hf_constants
 from scipy.optimize import linear_sum_assignment
 from transformers import (AutoConfig, DetrConfig, Mask2FormerConfig, Mask2FormerForUniversalSegmentation,
                           MaskFormerConfig, MaskFormerForInstanceSegmentation, SwinConfig)
@@ -384,9 +387,10 @@ class QShiftSegmenter(nn.Module):
         try:
             config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
         except OSError as e:
+            offline = "" if hf_constants.HF_HUB_OFFLINE else "; offline, HF_HUB_OFFLINE=1 answers at once, not in 30 s"
             raise OSError(f"cannot load '{name_or_path}': it is not a local model directory and not in the Hugging "
                           f"Face cache; download it on a connected machine (`hf download {name_or_path}`) and copy "
-                          f"the cache, or pass a local directory ({str(e).splitlines()[0]})") from None
+                          f"the cache, or pass a local directory{offline} ({str(e).splitlines()[0]})") from None
         if config.model_type not in FAMILIES:
             raise ValueError(f"'{name_or_path}' is a {config.model_type} model, not a MaskFormer or Mask2Former")
         given = dict(shift_div=shift_div, match=match, causal=causal, shift_at=shift_at, match_by=match_by,
@@ -592,7 +596,7 @@ def semantic_segmentation(class_logits, mask_logits, size=None):
     sum over queries of p(class) without the null class times sigmoid(mask), bilinear to size, argmax. The model's
     mask logits come at a quarter of the frames' size, h, w = H/4, W/4: pass the frames' (H, W) for maps at their
     size. The values are class ids 0..L-1, named by model.model.config.id2label.
-    HF's Mask2Former post-processing first resizes the mask logits to 384x384; this does not (see README).
+    HF's Mask2Former post-processing first resizes the mask logits to 384x384; this does not (see docs/details.md).
     """
     with torch.autocast(class_logits.device.type, enabled=False):  # bf16 scores would flip close argmaxes
         probs = class_logits.float().softmax(-1)[..., :-1]  # (N, Q, L)

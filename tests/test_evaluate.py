@@ -289,7 +289,7 @@ def test_own_frames_without_labels_give_predictions_and_pictures_only(tiny_model
     main(["--checkpoint", str(tmp_path / "run" / "best"), "--data", "clips", "--root", str(tmp_path / "clips"),
           "--save-predictions", str(tmp_path / "pred"), "--visualize", str(tmp_path / "vis"), "--device", "cpu"])
     out = capsys.readouterr().out
-    assert "no labels" in out and f"drew 1 of 1 videos in {tmp_path / 'vis'}" in out
+    assert "3 frames of 1 video predicted; no labels" in out and f"drew 1 of 1 video in {tmp_path / 'vis'}" in out
     saved = json.loads((tmp_path / "run" / "eval-clips-clips-all.json").read_text())  # no val.txt: split "all"
     assert saved["split"] == "all" and saved["results"] == {"num_videos": 1, "num_frames": 3}
     assert sorted(p.name for p in (tmp_path / "pred" / "walk").iterdir()) == ["0.png", "1.png", "2.png"]

@@ -556,7 +556,7 @@ def test_semantic_maps_against_hf_mask2former_post_processing():
     at_384 = torch.nn.functional.interpolate(mask_logits, size=(384, 384), mode="bilinear", align_corners=False)
     assert torch.equal(semantic_segmentation(class_logits, at_384, (64, 96)), theirs)
     differ = (semantic_segmentation(class_logits, mask_logits, (64, 96)) != theirs).float().mean()
-    assert differ > 0  # without it the maps differ near class borders: 7.9% of these pixels (see README)
+    assert differ > 0  # without it the maps differ near class borders: 7.9% of these pixels (see docs/details.md)
 
 
 def test_semantic_maps_stay_float32_under_autocast():
