@@ -423,82 +423,6 @@ def saved_settings(config, name_or_path):
 
 
 # -----------------------------------------------------------------------------
-# Sharing on the Hugging Face Hub
-
-SETTING_MEANINGS = {  # settings() in words, for model cards
-    "shift_div": "1/shift_div of the channels are shifted in time, half from frame t-1 and half from frame t+1 "
-                 "(Eq. 1); 0 is the image model run frame by frame",
-    "shift_at": "where the channels are shifted: the decoded queries (the paper's place), the pixel embeddings or "
-                "the backbone's feature maps",
-    "match": "each frame's queries are matched to the previous frame's (Hungarian algorithm, Eq. 2) before the shift",
-    "match_by": "what the matching compares: the queries' cosine similarity (Eq. 2) or their predicted masks'",
-    "causal": "online: every shifted channel comes from frame t-1, none from a later frame",
-    "reach": "how many frames each way the shifted channels come from, split among frames t-1 .. t-reach (and t+1 .. "
-             "t+reach); 1 is the paper's",
-}
-
-
-def model_card(model, repo_id, data=None, scores=None):
-    """A short model card (a Hub repo's README.md) for a QShiftSegmenter: its settings and what they mean, how to
-    load it with qshift and with plain transformers, its classes, and the data set and scores where given."""
-    hf_class = FAMILIES[model.family].hf_class.__name__
-    rows = [f"| {key} | {json.dumps(value)} | {SETTING_MEANINGS.get(key, 'see qshift.py')} |"
-            for key, value in model.settings().items()]
-    trained = f"Trained on {data}." if data else "The data set it was trained on was not given."
-    scored = "No scores were given."
-    if scores:
-        scored = "\n".join(["| " + " | ".join(scores) + " |", "|" + "---:|" * len(scores),
-                            "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v)
-                                              for v in scores.values()) + " |"])
-    classes = ", ".join(f"{i} {name}" for i, name in model.model.config.id2label.items())
-    return f"""---
-library_name: transformers
-pipeline_tag: image-segmentation
-tags: [video-semantic-segmentation, qshift, {model.family}]
----
-
-# {repo_id}
-
-A {hf_class} that segments videos with shifted and matched queries (Mizuno and Tamaki, "Shift and matching queries
-for video semantic segmentation"): the image model runs on every frame, and a fraction of its decoded query channels
-comes from the neighbouring frames. {trained}
-
-{scored}
-
-## Settings
-
-They are config.json's `qshift` entry.
-
-| setting | value | meaning |
-|---|---|---|
-{chr(10).join(rows)}
-
-## Use
-
-With qshift.py (one file; it needs torch, scipy and transformers):
-
-```python
-import qshift
-model = qshift.QShiftSegmenter.from_pretrained("{repo_id}").eval()
-pixel_values = qshift.frames_to_pixel_values(frames)  # uint8 (T, H, W, 3) -> (T, 3, H, W)
-maps = list(qshift.predict_video(model, pixel_values))  # T class maps (H, W)
-names = model.model.config.id2label
-```
-
-With transformers alone: the image model, frame by frame (the shift needs qshift.py):
-
-```python
-from transformers import AutoImageProcessor, {hf_class}
-model = {hf_class}.from_pretrained("{repo_id}")
-processor = AutoImageProcessor.from_pretrained("{repo_id}")
-```
-
-## Classes
-
-{classes}
-"""
-
-# -----------------------------------------------------------------------------
 # Whole videos in bounded memory (inference), exactly as one whole-clip run
 
 
@@ -644,3 +568,80 @@ def build_model(config, *args, **settings):
         if hasattr(model.model.transformer_module, name):
             nn.init.normal_(getattr(model.model.transformer_module, name).weight, std=1.0)
     return QShiftSegmenter(model, *args, **settings)
+
+
+# -----------------------------------------------------------------------------
+# Sharing on the Hugging Face Hub
+
+SETTING_MEANINGS = {  # settings() in words, for model cards
+    "shift_div": "1/shift_div of the channels are shifted in time, half from frame t-1 and half from frame t+1 "
+                 "(Eq. 1); 0 is the image model run frame by frame",
+    "shift_at": "where the channels are shifted: the decoded queries (the paper's place), the pixel embeddings or "
+                "the backbone's feature maps",
+    "match": "each frame's queries are matched to the previous frame's (Hungarian algorithm, Eq. 2) before the shift",
+    "match_by": "what the matching compares: the queries' cosine similarity (Eq. 2) or their predicted masks'",
+    "causal": "online: every shifted channel comes from frame t-1, none from a later frame",
+    "reach": "how many frames each way the shifted channels come from, split among frames t-1 .. t-reach (and t+1 .. "
+             "t+reach); 1 is the paper's",
+}
+
+
+def model_card(model, repo_id, data=None, scores=None):
+    """A short model card (a Hub repo's README.md) for a QShiftSegmenter: its settings and what they mean, how to
+    load it with qshift and with plain transformers, its classes, and the data set and scores where given."""
+    hf_class = FAMILIES[model.family].hf_class.__name__
+    rows = [f"| {key} | {json.dumps(value)} | {SETTING_MEANINGS.get(key, 'see qshift.py')} |"
+            for key, value in model.settings().items()]
+    trained = f"Trained on {data}." if data else "The data set it was trained on was not given."
+    scored = "No scores were given."
+    if scores:
+        scored = "\n".join(["| " + " | ".join(scores) + " |", "|" + "---:|" * len(scores),
+                            "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v)
+                                              for v in scores.values()) + " |"])
+    classes = ", ".join(f"{i} {name}" for i, name in model.model.config.id2label.items())
+    return f"""---
+library_name: transformers
+pipeline_tag: image-segmentation
+tags: [video-semantic-segmentation, qshift, {model.family}]
+---
+
+# {repo_id}
+
+A {hf_class} that segments videos with shifted and matched queries (Mizuno and Tamaki, "Shift and matching queries
+for video semantic segmentation"): the image model runs on every frame, and a fraction of its decoded query channels
+comes from the neighbouring frames. {trained}
+
+{scored}
+
+## Settings
+
+They are config.json's `qshift` entry.
+
+| setting | value | meaning |
+|---|---|---|
+{chr(10).join(rows)}
+
+## Use
+
+With qshift.py (one file; it needs torch, scipy and transformers):
+
+```python
+import qshift
+model = qshift.QShiftSegmenter.from_pretrained("{repo_id}").eval()
+pixel_values = qshift.frames_to_pixel_values(frames)  # uint8 (T, H, W, 3) -> (T, 3, H, W)
+maps = list(qshift.predict_video(model, pixel_values))  # T class maps (H, W)
+names = model.model.config.id2label
+```
+
+With transformers alone: the image model, frame by frame (the shift needs qshift.py):
+
+```python
+from transformers import AutoImageProcessor, {hf_class}
+model = {hf_class}.from_pretrained("{repo_id}")
+processor = AutoImageProcessor.from_pretrained("{repo_id}")
+```
+
+## Classes
+
+{classes}
+"""
