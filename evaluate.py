@@ -3,7 +3,8 @@ Evaluate a trained qshift model: mIoU, pixel accuracy, VSPW's video consistency 
 saved predictions, pictures like the paper's Figures 2-3, and the paper's Tables 1-2 from several runs.
 
     python evaluate.py --checkpoint RUN/best [--data vspw --root ROOT] [--split val] [--clip-len T] [--world KNOBS]
-        [--save-predictions DIR] [--visualize DIR --num-vis N] [--max-videos N] [--amp] [--device cuda]
+        [--save-predictions DIR] [--visualize DIR --num-vis N --vis-frames A B] [--max-videos N] [--amp]
+        [--device cuda]
         -> RUN/eval-<data>-<split>.json and .md (own clips: eval-clips-<folder>-<split>.*; a synthetic world's
            knobs after the data set, eval-synthetic-hide_run3-val.*; -clip<T> added with --clip-len T, -first<N>
            with --max-videos N)
@@ -62,6 +63,8 @@ def parse_args(argv=None):
     parser.add_argument("--save-predictions", metavar="DIR", help="DIR/<video>/<frame>.png in the raw label ids")
     parser.add_argument("--visualize", metavar="DIR", help="DIR/<video>.png: image, ground truth, prediction")
     parser.add_argument("--num-vis", type=int, default=4, help="videos to draw with --visualize (4)")
+    parser.add_argument("--vis-frames", type=int, nargs=2, metavar=("A", "B"), help="draw frames A..B of each video "
+                        "(default: 6 frames spread over the video)")
     parser.add_argument("--max-videos", type=int, help="evaluate the first N videos only (a quick look)")
     parser.add_argument("--chunk", type=int, default=8, help="frames the image model runs on at once (8)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
@@ -71,6 +74,8 @@ def parse_args(argv=None):
     if (args.checkpoint is None) == (args.table is None):
         fail("give either --checkpoint (evaluate a model) or --table (tabulate runs)")
     check_at_least(args, {"--clip-len": 1, "--num-vis": 0, "--chunk": 1, "--max-videos": 1})
+    if args.vis_frames and not 0 <= args.vis_frames[0] <= args.vis_frames[1]:
+        fail(f"--vis-frames {args.vis_frames[0]} {args.vis_frames[1]}: give frames A <= B, counted from 0")
     if args.table:
         if args.out and not Path(args.out).parent.is_dir():
             fail(f"--out {args.out}: no such folder {Path(args.out).parent}")
@@ -454,14 +459,15 @@ def _pixel_values(frames, n, read):
 
 @torch.no_grad()
 def evaluate(model, dataset, device=None, clip_len=None, amp=False, progress=True, save_predictions=None,
-             visualize=None, num_vis=4, chunk=8, max_videos=None):
+             visualize=None, num_vis=4, chunk=8, max_videos=None, vis_frames=None):
     """Run `model` on every video of `dataset` (one built with clip_len=None; max_videos: the first ones only) and
     score it: returns Scores.results.
 
     Whole videos run as one clip each (memory bounded by a few chunks of frames, see qshift.stream_logits), or as
     independent clips of clip_len frames. device: where the model and metrics run (default: the model's device);
     amp: bf16 autocast. save_predictions: a folder for DIR/<video>/<frame>.png in raw ids; visualize: a folder for
-    <video>.png pictures of the first num_vis videos. Frames are read and PNGs written by two threads while the
+    <video>.png pictures of the first num_vis videos (vis_frames (a, b): of its frames a..b, else of 6 spread over
+    it). Frames are read and PNGs written by two threads while the
     model runs. The model's train/eval mode is restored afterwards.
 
     Distributed (torch.distributed initialised, e.g. train.py under torchrun), every rank must call it: each scores
@@ -484,7 +490,8 @@ def evaluate(model, dataset, device=None, clip_len=None, amp=False, progress=Tru
         for v in mine:
             video, names = dataset.videos[v]
             drawn = visualize and v < num_vis
-            shown = set(np.linspace(0, len(names) - 1, VIS_FRAMES).round().astype(int).tolist()) if drawn else set()
+            spread = np.linspace(0, len(names) - 1, VIS_FRAMES).round().astype(int).tolist()
+            shown = set(range(vis_frames[0], vis_frames[1] + 1) if vis_frames else spread) if drawn else set()
             rows, read = [], collections.deque()  # read: frames whose predictions are still to come
             for t, pred in enumerate(qshift.predict_video(model, _pixel_values(frames, len(names), read), chunk, amp,
                                                    clip_len)):
@@ -760,7 +767,8 @@ def evaluate_main(args):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
         results = evaluate(model, dataset, device, args.clip_len, args.amp, save_predictions=args.save_predictions,
-                           visualize=args.visualize, num_vis=args.num_vis, chunk=args.chunk, max_videos=args.max_videos)
+                           visualize=args.visualize, num_vis=args.num_vis, chunk=args.chunk, max_videos=args.max_videos,
+                           vis_frames=args.vis_frames)
     except data.DataError as e:  # a bad frame file is found only when it is read
         fail(str(e))
     root = str(Path(args.root).resolve()) if args.root else None  # which folder, wherever the table is made
