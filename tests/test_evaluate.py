@@ -240,6 +240,17 @@ def test_hidden_cue_accuracy_by_distance_matches_the_definition(monkeypatch):
     assert one["hidden_d1_acc"] == one["hidden_acc"] and math.isnan(one["hidden_d2_acc"])  # runs of 1: all at d1
 
 
+def test_vis_frames_draws_those_consecutive_frames(synthetic, monkeypatch, tmp_path):
+    monkeypatch.setattr(qshift, "predict_video", fake_predictions)
+    heights = {}
+    for frames in (None, (2, 4), (5, 5)):
+        evaluate.evaluate(torch.nn.Linear(1, 1), synthetic, progress=False, visualize=tmp_path / str(frames),
+                          num_vis=1, vis_frames=frames)
+        heights[frames] = Image.open(tmp_path / str(frames) / f"{synthetic.videos[0][0]}.png").height
+    row = heights[(2, 4)] - heights[(5, 5)]  # two more rows of frames
+    assert row > 0 and heights[None] - heights[(5, 5)] == 5 * row // 2  # the default: 6 frames spread over the video
+
+
 def test_the_world_is_read_from_the_run_and_names_the_evaluation(checkpoint, tmp_path, capsys):
     run = tmp_path / "run"
     (run / "best").mkdir(parents=True)
@@ -553,6 +564,7 @@ def bad_checkpoints(checkpoint, tmp_path_factory):
     (["--checkpoint", "{good}"], "needs --data: no"),
     (["--checkpoint", "{good}", "--data", "synthetic", "--device", "gpu"], "--device gpu"),
     (["--checkpoint", "{good}", "--data", "synthetic", "--max-video", "1"], "unrecognized arguments: --max-video"),
+    (["--checkpoint", "{good}", "--data", "synthetic", "--vis-frames", "5", "2"], "--vis-frames 5 2: give frames"),
     (["--checkpoint", "{good}", "--data", "synthetic", "--world", "hide=3"], "unknown knob 'hide'"),
     (["--checkpoint", "{good}", "--data", "synthetic", "--world", "speed=0"], "speed must be"),
     (["--checkpoint", "{good}", "--data", "synthetic", "--world", "hide_run=30"], "--world: hide_run 30: 1 x 30 hidden frames"),
