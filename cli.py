@@ -1,11 +1,14 @@
-"""The command line of train.py, evaluate.py and bench.py: one pattern, light enough to run before torch loads.
+"""The command line of train.py, evaluate.py, predict.py and bench.py: one pattern, light enough to run before torch
+loads.
 
 Each script reads and checks its flags in `parse_args(argv)` before it imports torch and transformers (2-4 s), so
 that --help and a mistake answer at once; a bad flag or input is one line `error: ...` and exit status 2.
 """
 import argparse
+import json
 import math
 import sys
+from pathlib import Path
 
 
 def fail(message):
@@ -31,10 +34,33 @@ def check_at_least(args, lows):
             fail(f"{flag} {value}: must be at least {low}")
 
 
+def count(n, noun):
+    """'1 video', '2 videos': n and the noun, plural unless n is 1."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def first_line(e):
     """An exception as one line: its type and the first line of its message."""
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def check_checkpoint(flag, folder):
+    """fail unless folder is a qshift checkpoint, as QShiftSegmenter.save_pretrained writes it: a config.json with a
+    "qshift" entry (the settings), or, from earlier versions, a qshift.json beside the config. Reads JSON only."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        fail(f"{flag} {folder}: no such folder")
+    config = folder / "config.json"
+    if not config.is_file():
+        fail(f"{flag} {folder}: not a qshift checkpoint (no config.json; train.py writes RUN/best)")
+    try:
+        saved = json.loads(config.read_text())
+    except (OSError, ValueError) as e:
+        fail(f"{flag} {folder}: cannot read {config} ({first_line(e)})")
+    if not (isinstance(saved, dict) and "qshift" in saved) and not (folder / "qshift.json").is_file():
+        fail(f"{flag} {folder}: not a qshift checkpoint (its config.json has no qshift settings, and there is no "
+             f"qshift.json; train.py writes RUN/best)")
 
 
 WORLD = {"hide_run": 1, "speed": 1.0}  # the knobs of the synthetic world that --world sets (data.Synthetic's), defaults

@@ -30,6 +30,7 @@ Synthetic (`synthetic`): generated in memory from the seed, no files; see `Synth
 """
 import copy
 import json
+import math
 import os
 import re
 import sys
@@ -40,13 +41,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from qshift import frames_to_pixel_values  # the normalisation of qshift.MEAN and STD (ImageNet)
+
 IGNORE_INDEX = 255
 NO_OBJECT = 255  # synthetic object_ids of pixels that show no object (background, padding)
-MEAN = (0.485, 0.456, 0.406)  # ImageNet, as MaskFormer's image processor
-STD = (0.229, 0.224, 0.225)
 SCALES = (0.5, 2.0)  # range of the random training scale
-_MEAN255 = torch.tensor(MEAN).view(3, 1, 1) * 255
-_STD255 = torch.tensor(STD).view(3, 1, 1) * 255
 
 CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
                       "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
@@ -67,7 +66,8 @@ def build_dataset(name, root=None, split="train", clip_len=8, train=True, crop=N
     """The clip dataset `name` ("vspw", "cityscapes-vps", "clips" or "synthetic") for one split.
 
     clip_len: frames per clip T; None gives one item per whole video (evaluation). train: random clip offsets,
-    scale, crop to `crop` = (h, w) and flip (crop=None: flip only); otherwise whole frames, deterministic.
+    scale, crop to `crop` = (h, w) and flip (crop=None: flip only); otherwise whole frames, deterministic. The crop
+    is capped at the largest frame at the largest scale (the dataset's `crop`): a canvas beyond it is padding only.
     min_frames: VSPW only, the shortest video kept. seed: the training randomness (and the synthetic world).
     synthetic: keyword arguments of `Synthetic` (sizes of the generated world).
     """
@@ -117,6 +117,9 @@ class ClipDataset(Dataset):
         self.id2label = dict(enumerate(self.class_names))
         self.clip_len, self.train, self.seed, self.labelled = clip_len, train, seed, labelled
         self.crop = (crop, crop) if isinstance(crop, int) else crop
+        if train and crop is not None:  # a clip scaled by at most SCALES[1] fills no more; the rest would be padding
+            largest = np.max([self._frame_size(v) for v in range(len(videos))], 0)  # (H, W), over the videos
+            self.crop = tuple(min(c, math.ceil(SCALES[1] * n)) for c, n in zip(self.crop, largest))
         identity = np.where(np.arange(256) < self.num_classes, np.arange(256), -1)
         identity[IGNORE_INDEX] = IGNORE_INDEX
         self.lut = identity if lut is None else lut  # raw label value -> class (or IGNORE_INDEX); -1: invalid
@@ -158,6 +161,10 @@ class ClipDataset(Dataset):
         """Class map (H, W) (0..num_classes-1, IGNORE_INDEX) -> uint8 numpy (H, W) in the dataset's raw ids."""
         return self.raw_lut[np.asarray(labels, dtype=np.int64)]
 
+    def _frame_size(self, v):
+        """(H, W) of video v's frames."""
+        return self._load(v, [0])[0].shape[1:3]
+
     def _load(self, v, ts):
         """Frames ts (a list of indices) of video v, read: images uint8 (T, H, W, 3), raw labels uint8 (T, H, W) or
         None, cue distances uint8 (T, H, W) or None. Each data set reads its own; DataError for a bad file."""
@@ -173,7 +180,7 @@ class ClipDataset(Dataset):
             region, size, flip = _random_geometry(H, W, self.crop, rng)
             out = self.crop or size
         pixels = _warp(torch.from_numpy(images).permute(0, 3, 1, 2), region, size, flip, out, "bilinear", 0)
-        item = {"pixel_values": pixels.float().sub_(_MEAN255).div_(_STD255)}  # (T, 3, H, W)
+        item = {"pixel_values": frames_to_pixel_values(pixels.permute(0, 2, 3, 1))}  # (T, 3, H, W), as qshift's
         if labels is not None:
             labels = _warp(torch.from_numpy(labels)[:, None], region, size, flip, out, "nearest-exact", IGNORE_INDEX)
             item["labels"] = torch.from_numpy(self.lut[labels[:, 0].numpy()])  # (T, H, W) int64 classes
@@ -202,6 +209,15 @@ class FolderClips(ClipDataset):
                     raise DataError(f"{self.files[v][t][0]}: size {images.shape[2]}x{images.shape[1]} differs from "
                                     f"the video's first frame {size[2]}x{size[1]}")
                 size = images.shape
+
+    def _frame_size(self, v):
+        """(H, W) of video v's first frame, from the file's header (decoding every video's first frame takes long)."""
+        path = self.files[v][0][0]
+        try:
+            with Image.open(path) as image:
+                return image.size[::-1]
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise DataError(f"{path}: unreadable image ({e})") from None
 
     def _load(self, v, ts):
         images = labels = None
@@ -310,6 +326,10 @@ def _cityscapes_vps(root, split, **common):
 
 def _clips(root, split, **common):
     """Your own videos: ROOT/<video>/frames, optional ROOT/<video>/labels, ROOT/classes.txt, ROOT/<split>.txt."""
+    if os.path.isdir(os.path.join(root, "frames")) and not os.path.isdir(os.path.join(root, "frames", "frames")):
+        parent = os.path.dirname(os.path.normpath(root)) or "."
+        raise DataError(f"{root} looks like one video's folder (it holds frames/); --root takes the folder that holds "
+                        f"the video folders, here {parent}")
     folders = sorted((d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d))),
                      key=_natural_key)
     split_file, val_file = os.path.join(root, f"{split}.txt"), os.path.join(root, "val.txt")

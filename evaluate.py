@@ -3,7 +3,8 @@ Evaluate a trained qshift model: mIoU, pixel accuracy, VSPW's video consistency 
 saved predictions, pictures like the paper's Figures 2-3, and the paper's Tables 1-2 from several runs.
 
     python evaluate.py --checkpoint RUN/best [--data vspw --root ROOT] [--split val] [--clip-len T] [--world KNOBS]
-        [--save-predictions DIR] [--visualize DIR --num-vis N] [--max-videos N] [--amp] [--device cuda]
+        [--save-predictions DIR] [--visualize DIR --num-vis N --vis-frames A B] [--max-videos N] [--amp]
+        [--device cuda]
         -> RUN/eval-<data>-<split>.json and .md (own clips: eval-clips-<folder>-<split>.*; a synthetic world's
            knobs after the data set, eval-synthetic-hide_run3-val.*; -clip<T> added with --clip-len T, -first<N>
            with --max-videos N)
@@ -25,7 +26,7 @@ import math
 import re
 from pathlib import Path
 
-from cli import check_at_least, fail, first_line, make_parser, parse_world, world_name
+from cli import check_at_least, check_checkpoint, count, fail, first_line, make_parser, parse_world, world_name
 
 DATA_SETS = ("vspw", "cityscapes-vps", "clips", "synthetic")
 
@@ -62,6 +63,8 @@ def parse_args(argv=None):
     parser.add_argument("--save-predictions", metavar="DIR", help="DIR/<video>/<frame>.png in the raw label ids")
     parser.add_argument("--visualize", metavar="DIR", help="DIR/<video>.png: image, ground truth, prediction")
     parser.add_argument("--num-vis", type=int, default=4, help="videos to draw with --visualize (4)")
+    parser.add_argument("--vis-frames", type=int, nargs=2, metavar=("A", "B"), help="draw frames A..B of each video "
+                        "(default: 6 frames spread over the video)")
     parser.add_argument("--max-videos", type=int, help="evaluate the first N videos only (a quick look)")
     parser.add_argument("--chunk", type=int, default=8, help="frames the image model runs on at once (8)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
@@ -71,15 +74,14 @@ def parse_args(argv=None):
     if (args.checkpoint is None) == (args.table is None):
         fail("give either --checkpoint (evaluate a model) or --table (tabulate runs)")
     check_at_least(args, {"--clip-len": 1, "--num-vis": 0, "--chunk": 1, "--max-videos": 1})
+    if args.vis_frames and not 0 <= args.vis_frames[0] <= args.vis_frames[1]:
+        fail(f"--vis-frames {args.vis_frames[0]} {args.vis_frames[1]}: give frames A <= B, counted from 0")
     if args.table:
         if args.out and not Path(args.out).parent.is_dir():
             fail(f"--out {args.out}: no such folder {Path(args.out).parent}")
         return args
     checkpoint = Path(args.checkpoint)
-    if not checkpoint.is_dir():
-        fail(f"--checkpoint {checkpoint}: no such folder")
-    if not (checkpoint / "qshift.json").is_file():
-        fail(f"--checkpoint {checkpoint}: not a qshift checkpoint (no qshift.json; train.py writes RUN/best)")
+    check_checkpoint("--checkpoint", checkpoint)
     config = checkpoint.parent / "config.json"  # what train.py ran
     trained = {}
     if config.is_file():
@@ -324,13 +326,13 @@ def _voc_palette():
 VOC_PALETTE = _voc_palette()
 
 
-def class_colours(dataset):
-    """(256, 3) uint8, the colour of each class id: the data set's own palette where it has one (synthetic: the
-    objects' colours; Cityscapes: the official one), else the PASCAL VOC colour map by VSPW's raw id (class + 1);
-    ignore is black."""
+def class_colours(palette=None):
+    """(256, 3) uint8, the colour of each class id: palette's where given ((K, 3) colours of classes 0..K-1: a data
+    set's own, e.g. synthetic's objects' colours or Cityscapes' official ones, or those a checkpoint keeps in its
+    config), else the PASCAL VOC colour map by VSPW's raw id (class + 1); ignore is black."""
     colours = VOC_PALETTE[(np.arange(256) + 1) % 256]
-    if dataset.palette is not None:
-        colours[:len(dataset.palette)] = dataset.palette
+    if palette is not None:
+        colours[:len(palette)] = palette
     colours[data.IGNORE_INDEX] = 0
     return colours
 
@@ -342,9 +344,35 @@ def colorize(labels, colours):
 
 def to_rgb(pixel_values):
     """Normalised pixel_values (3, H, W) -> uint8 RGB (H, W, 3)."""
-    mean, std = torch.tensor(data.MEAN).view(3, 1, 1), torch.tensor(data.STD).view(3, 1, 1)
+    mean, std = torch.tensor(qshift.MEAN).view(3, 1, 1), torch.tensor(qshift.STD).view(3, 1, 1)
     rgb = (pixel_values.float().cpu() * std + mean).clamp(0, 1).mul(255).round().byte()
     return rgb.permute(1, 2, 0).numpy()
+
+
+LEGEND_LINE, LEGEND_SWATCH = 16, 12  # pixels: a legend's line height, the side of a class's colour square
+
+
+def legend_layout(classes, class_names, width, font):
+    """Where a legend of classes goes in a picture `width` pixels wide: [(class, "id name", x, y)], the entries in the
+    order given, wrapped into lines LEGEND_LINE apart (y from 0)."""
+    entries, x, y = [], 4, 0
+    for c in classes:
+        text = f"{c} {class_names[c]}"
+        size = LEGEND_SWATCH + 4 + font.getbbox(text)[2]
+        if x + size > width and x > 4:
+            x, y = 4, y + LEGEND_LINE
+        entries.append((c, text, x, y))
+        x += size + 12
+    return entries
+
+
+def draw_legend(draw, entries, colours, top, font):
+    """Draw legend_layout's entries with ImageDraw draw, their first line at `top`: a square of each class's colour
+    (class_colours), then its id and name."""
+    for c, text, x, y in entries:
+        draw.rectangle([x, top + y + 2, x + LEGEND_SWATCH - 1, top + y + LEGEND_SWATCH + 1],
+                       fill=tuple(colours[c].tolist()))
+        draw.text((x + LEGEND_SWATCH + 4, top + y), text, fill="black", font=font)
 
 
 def draw_video(rows, class_names, colours):
@@ -363,19 +391,12 @@ def draw_video(rows, class_names, colours):
              for _, x, y, p in rows]
     present = sorted({int(c) for _, _, y, p in rows for m in (y, p) if m is not None for c in m.unique()}
                      - {data.IGNORE_INDEX})
-    font, line, swatch, gap = ImageFont.load_default(), 16, 12, 2  # gap: white between cells
+    font, line, gap = ImageFont.load_default(), LEGEND_LINE, 2  # gap: white between cells
     left = 8 + max(font.getbbox(text)[2] for text in ["frame"] + [str(t) for t, *_ in rows])  # the frame numbers
     width = left + len(titles) * (w + gap) - gap
-    entries, x, y = [], 4, 0  # the legend: swatch and "id name", wrapped at the picture's width
-    for c in present:
-        text = f"{c} {class_names[c]}"
-        size = swatch + 4 + font.getbbox(text)[2]
-        if x + size > width and x > 4:
-            x, y = 4, y + line
-        entries.append((c, text, x, y))
-        x += size + 12
+    entries = legend_layout(present, class_names, width, font)
     top, bottom = line, line + len(rows) * (h + gap)  # the grid's rows
-    picture = Image.new("RGB", (width, bottom + (y + line + 4 if present else 0)), "white")
+    picture = Image.new("RGB", (width, bottom + (entries[-1][3] + line + 4 if entries else 0)), "white")
     draw = ImageDraw.Draw(picture)
     for col, title in enumerate(["frame"] + titles):
         draw.text((2 if col == 0 else left + (col - 1) * (w + gap) + 2, 2), title, fill="black", font=font)
@@ -383,9 +404,7 @@ def draw_video(rows, class_names, colours):
         draw.text((2, top + r * (h + gap) + 2), str(rows[r][0]), fill="black", font=font)
         for col, cell in enumerate(row):
             picture.paste(cell, (left + col * (w + gap), top + r * (h + gap)))
-    for c, text, x, y in entries:
-        draw.rectangle([x, bottom + y + 2, x + swatch - 1, bottom + y + swatch + 1], fill=tuple(colours[c].tolist()))
-        draw.text((x + swatch + 4, bottom + y), text, fill="black", font=font)
+    draw_legend(draw, entries, colours, bottom, font)
     return picture
 
 
@@ -440,14 +459,15 @@ def _pixel_values(frames, n, read):
 
 @torch.no_grad()
 def evaluate(model, dataset, device=None, clip_len=None, amp=False, progress=True, save_predictions=None,
-             visualize=None, num_vis=4, chunk=8, max_videos=None):
+             visualize=None, num_vis=4, chunk=8, max_videos=None, vis_frames=None):
     """Run `model` on every video of `dataset` (one built with clip_len=None; max_videos: the first ones only) and
     score it: returns Scores.results.
 
     Whole videos run as one clip each (memory bounded by a few chunks of frames, see qshift.stream_logits), or as
     independent clips of clip_len frames. device: where the model and metrics run (default: the model's device);
     amp: bf16 autocast. save_predictions: a folder for DIR/<video>/<frame>.png in raw ids; visualize: a folder for
-    <video>.png pictures of the first num_vis videos. Frames are read and PNGs written by two threads while the
+    <video>.png pictures of the first num_vis videos (vis_frames (a, b): of its frames a..b, else of 6 spread over
+    it). Frames are read and PNGs written by two threads while the
     model runs. The model's train/eval mode is restored afterwards.
 
     Distributed (torch.distributed initialised, e.g. train.py under torchrun), every rank must call it: each scores
@@ -461,7 +481,7 @@ def evaluate(model, dataset, device=None, clip_len=None, amp=False, progress=Tru
     videos = range(len(dataset.videos))[:max_videos]
     mine = videos[rank::world]
     class_names = dataset.class_names or list(model.model.config.id2label.values())  # own frames without labels
-    colours = class_colours(dataset)
+    colours = class_colours(dataset.palette)
     palette = raw_palette(dataset, colours, len(class_names))
     scores = Scores(dataset.num_classes, len(videos), dataset.background_class, device)
     bar = tqdm(total=sum(len(dataset.videos[v][1]) for v in mine), unit="frame", disable=not progress or rank > 0)
@@ -470,7 +490,8 @@ def evaluate(model, dataset, device=None, clip_len=None, amp=False, progress=Tru
         for v in mine:
             video, names = dataset.videos[v]
             drawn = visualize and v < num_vis
-            shown = set(np.linspace(0, len(names) - 1, VIS_FRAMES).round().astype(int).tolist()) if drawn else set()
+            spread = np.linspace(0, len(names) - 1, VIS_FRAMES).round().astype(int).tolist()
+            shown = set(range(vis_frames[0], vis_frames[1] + 1) if vis_frames else spread) if drawn else set()
             rows, read = [], collections.deque()  # read: frames whose predictions are still to come
             for t, pred in enumerate(qshift.predict_video(model, _pixel_values(frames, len(names), read), chunk, amp,
                                                    clip_len)):
@@ -516,12 +537,13 @@ def run_markdown(run):
     """One evaluation (the eval json's dict) as Markdown: the scores, then IoU per class."""
     r = run["results"]
     lines = [f"# {run['checkpoint']} on {run['data']} {run['split']}", "", _setting(run), ""]
+    seen = f"{count(r['num_frames'], 'frame')} of {count(r['num_videos'], 'video')}"
     if "miou" not in r:
-        return "\n".join(lines + [f"{r['num_frames']} frames of {r['num_videos']} videos predicted; no labels.", ""])
+        return "\n".join(lines + [f"{seen} predicted; no labels.", ""])
     keys = [key for key in TITLES if key in r]
     lines += ["| " + " | ".join(TITLES[k] for k in keys) + " |", "|" + "---:|" * len(keys),
               "| " + " | ".join(_pct(r[k]) for k in keys) + " |", "",
-              f"{r['num_frames']} frames of {r['num_videos']} videos; percent; mVC_k counts videos of over k frames.",
+              f"{seen}; percent; mVC_k counts videos of over k frames.",
               "", "## IoU per class (– : absent from the ground truth)", "", "| class | IoU |", "|---|---:|"]
     lines += [f"| {name} | {_pct(iou)} |" for name, iou in r["iou"].items()]
     return "\n".join(lines) + "\n"
@@ -745,7 +767,8 @@ def evaluate_main(args):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
         results = evaluate(model, dataset, device, args.clip_len, args.amp, save_predictions=args.save_predictions,
-                           visualize=args.visualize, num_vis=args.num_vis, chunk=args.chunk, max_videos=args.max_videos)
+                           visualize=args.visualize, num_vis=args.num_vis, chunk=args.chunk, max_videos=args.max_videos,
+                           vis_frames=args.vis_frames)
     except data.DataError as e:  # a bad frame file is found only when it is read
         fail(str(e))
     root = str(Path(args.root).resolve()) if args.root else None  # which folder, wherever the table is made
@@ -760,10 +783,10 @@ def evaluate_main(args):
     print(report, end="")
     print(f"wrote {checkpoint.parent / name}.json and .md")
     if args.save_predictions:
-        print(f"wrote the predictions of {results['num_frames']} frames to {args.save_predictions}/<video>/")
+        print(f"wrote the predictions of {count(results['num_frames'], 'frame')} to {args.save_predictions}/<video>/")
     if args.visualize:
         drawn = min(args.num_vis, results["num_videos"])
-        print(f"drew {drawn} of {results['num_videos']} videos in {args.visualize}/ (--num-vis sets how many)")
+        print(f"drew {drawn} of {count(results['num_videos'], 'video')} in {args.visualize}/ (--num-vis sets how many)")
 
 
 def main(args):

@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 the qshift authors. MIT licence (LICENSE): copies keep these two lines.
 """
 Shift and matching queries for video semantic segmentation (Mizuno and Tamaki), in one file.
 
@@ -17,11 +19,16 @@ Sec. 3.2 names other places a shift can act. `shift_at` picks any of three, each
         -> class and mask heads -> class logits (B*T, Q, L+1), mask logits (B*T, Q, H/4, W/4)
 
 Whole videos run in bounded memory with `stream_logits` / `predict_video`, exactly as one whole-clip run.
-Copy this file into your project; it needs torch, scipy and transformers.
+Copy this file into your project; it needs torch, scipy and transformers. In short:
+
+    model = QShiftSegmenter.from_pretrained("RUN/best" or a hub id).eval()   # settings from config.json's "qshift"
+    pixel_values = frames_to_pixel_values(frames)          # uint8 (T, H, W, 3) -> normalised float (T, 3, H, W)
+    maps = list(predict_video(model, pixel_values))        # T class maps (H, W); names: model.model.config.id2label
 """
 import itertools
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -29,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from huggingface_hub import HfApi
+from huggingface_hub import constants as hf_constants
 from scipy.optimize import linear_sum_assignment
 from transformers import (AutoConfig, DetrConfig, Mask2FormerConfig, Mask2FormerForUniversalSegmentation,
                           MaskFormerConfig, MaskFormerForInstanceSegmentation, SwinConfig)
@@ -39,6 +48,30 @@ from transformers.models.maskformer.modeling_maskformer import MaskFormerForInst
 # model): harmless, and silenced here, this one message only.
 logging.getLogger("transformers.models.maskformer.configuration_maskformer").addFilter(
     lambda record: not record.getMessage().startswith("Backbone maskformer-swin is not a supported model"))
+
+# -----------------------------------------------------------------------------
+# The input: frames normalised as MaskFormer's image processor does, as in training (data.py uses these)
+
+MEAN = (0.485, 0.456, 0.406)  # ImageNet's, per RGB channel, of pixel values in [0, 1]
+STD = (0.229, 0.224, 0.225)
+
+
+def frames_to_pixel_values(frames):
+    """uint8 RGB frames -> the model's pixel_values, normalised as in training: (x / 255 - MEAN) / STD.
+
+    frames: (T, H, W, 3) uint8, a numpy array or a tensor (on any device), or a list of T PIL images of one size.
+    Returns float32 (T, 3, H, W) on the frames' device (the CPU for numpy and PIL): predict_video takes it as it is,
+    model(pixel_values[None]) runs it as one clip. No resizing: the model takes any size (its masks come at H/4).
+    """
+    if isinstance(frames, (list, tuple)):
+        frames = np.stack([np.asarray(f.convert("RGB") if hasattr(f, "convert") else f) for f in frames])
+    frames = torch.as_tensor(frames)
+    if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 RGB of shape (T, H, W, 3), not {frames.dtype} {tuple(frames.shape)}")
+    mean255 = torch.tensor(MEAN, device=frames.device).view(3, 1, 1) * 255
+    std255 = torch.tensor(STD, device=frames.device).view(3, 1, 1) * 255
+    return frames.permute(0, 3, 1, 2).float().sub_(mean255).div_(std255)  # (T, 3, H, W)
+
 
 # -----------------------------------------------------------------------------
 # Sec. 3.2: feature shift
@@ -187,12 +220,15 @@ class Family(NamedTuple):
     hf_class: type  # the HF model with heads
     decode: Callable  # (model, features, aux) -> queries, pixel embeddings, earlier layers' queries
     mask_mlp: Callable  # model -> the MLP that turns a query into its mask embedding
+    image_processor: str  # the HF image processor's type, in preprocessor_config.json
 
 
 FAMILIES = {  # config.model_type -> Family
-    "maskformer": Family(MaskFormerForInstanceSegmentation, decode_maskformer, lambda model: model.mask_embedder),
+    "maskformer": Family(MaskFormerForInstanceSegmentation, decode_maskformer, lambda model: model.mask_embedder,
+                         "MaskFormerImageProcessor"),
     "mask2former": Family(Mask2FormerForUniversalSegmentation, decode_mask2former,
-                          lambda model: model.model.transformer_module.decoder.mask_predictor.mask_embedder),
+                          lambda model: model.model.transformer_module.decoder.mask_predictor.mask_embedder,
+                          "Mask2FormerImageProcessor"),
 }
 
 # -----------------------------------------------------------------------------
@@ -211,6 +247,10 @@ class QShiftSegmenter(nn.Module):
     shift_div=0 is the frame-by-frame image model. The auxiliary predictions of the earlier decoder layers (HF's
     auxiliary loss) stay as the image model computes them, unshifted. reach: how many frames each shift reaches
     each way (see temporal_shift); 1 is the paper's.
+
+    Its output holds class_logits (B*T, Q, L+1) and mask logits at a quarter of the frames' size, (B*T, Q, H/4, W/4):
+    semantic_segmentation(..., size=(H, W)) turns them into class maps at the frames' size. The L class names are
+    model.model.config.id2label (the last of the L+1 class logits is the null class, "no object").
     """
 
     def __init__(self, model, shift_div=16, match=True, causal=False, shift_at=("queries",), match_by="queries",
@@ -303,13 +343,33 @@ class QShiftSegmenter(nn.Module):
             transformer_decoder_last_hidden_state=shifted.flatten(0, 1))
 
     def settings(self):
+        """What makes this model more than the image model: the keyword arguments of __init__ that rebuild it."""
         return {"shift_div": self.shift_div, "match": self.match, "causal": self.causal,
                 "shift_at": list(self.shift_at), "match_by": self.match_by, "reach": self.reach}
 
     def save_pretrained(self, directory):
-        """Write the HF model (config + safetensors) and the qshift settings (qshift.json) to `directory`."""
+        """Write the HF model to `directory`: config.json, which carries settings() as its "qshift" entry (so that
+        any copy of the config, on the Hub too, rebuilds this model), the weights (model.safetensors), and the image
+        processor of training's normalisation (preprocessor_config.json, for AutoImageProcessor.from_pretrained)."""
+        self.model.config.qshift = self.settings()
         self.model.save_pretrained(directory)
-        (Path(directory) / "qshift.json").write_text(json.dumps(self.settings(), indent=2) + "\n")
+        # written as JSON, not through an image processor class: transformers 5 names its classes by backend
+        # (torchvision or PIL) and warns without torchvision; the file reads the same in either backend
+        processor = {"image_processor_type": FAMILIES[self.family].image_processor, "do_resize": False,
+                     "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(MEAN),
+                     "image_std": list(STD), "do_reduce_labels": False, "ignore_index": 255}
+        (Path(directory) / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+
+    def push_to_hub(self, repo_id, data=None, scores=None, private=None, token=None, commit_message="Upload model"):
+        """Upload save_pretrained's files and a model card (README.md, see model_card) to the Hub repo repo_id,
+        created if it does not exist. data: the data set it was trained on; scores: {name: value}, for the card.
+        Returns huggingface_hub's CommitInfo."""
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            (Path(folder) / "README.md").write_text(model_card(self, repo_id, data, scores))
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
 
     @classmethod
     def from_pretrained(cls, name_or_path, num_labels=None, id2label=None, shift_div=None, match=None, causal=None,
@@ -317,24 +377,25 @@ class QShiftSegmenter(nn.Module):
         """Load a MaskFormer or Mask2Former (HF hub id or local directory) or a directory written by save_pretrained.
 
         The family follows the checkpoint's config (model_type). num_labels different from the checkpoint's replaces
-        the class head (e.g. ADE20K's 150 -> VSPW's 124). Settings given here win over saved ones (qshift.json); the
-        rest take __init__'s defaults, the paper's setting, so an image checkpoint is fine-tuned with the shift on
-        (Sec. 4.2.1).
+        the class head (e.g. ADE20K's 150 -> VSPW's 124). Settings given here win over saved ones (config.json's
+        "qshift" entry, or the qshift.json beside the config of a checkpoint from an earlier version); the rest take
+        __init__'s defaults, the paper's setting, so an image checkpoint is fine-tuned with the shift on (Sec. 4.2.1).
+        kwargs go to the HF model's from_pretrained (cache_dir, revision, local_files_only and token also to its
+        config's).
         """
-        settings_file = Path(name_or_path) / "qshift.json"
-        settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
-        given = dict(shift_div=shift_div, match=match, causal=causal, shift_at=shift_at, match_by=match_by,
-                     reach=reach)
-        settings.update({k: v for k, v in given.items() if v is not None})
         hub_kwargs = {k: v for k, v in kwargs.items() if k in ("cache_dir", "revision", "local_files_only", "token")}
         try:
             config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
         except OSError as e:
+            offline = "" if hf_constants.HF_HUB_OFFLINE else "; offline, HF_HUB_OFFLINE=1 answers at once, not in 30 s"
             raise OSError(f"cannot load '{name_or_path}': it is not a local model directory and not in the Hugging "
                           f"Face cache; download it on a connected machine (`hf download {name_or_path}`) and copy "
-                          f"the cache, or pass a local directory ({str(e).splitlines()[0]})") from None
+                          f"the cache, or pass a local directory{offline} ({str(e).splitlines()[0]})") from None
         if config.model_type not in FAMILIES:
             raise ValueError(f"'{name_or_path}' is a {config.model_type} model, not a MaskFormer or Mask2Former")
+        given = dict(shift_div=shift_div, match=match, causal=causal, shift_at=shift_at, match_by=match_by,
+                     reach=reach)
+        settings = {**saved_settings(config, name_or_path), **{k: v for k, v in given.items() if v is not None}}
         if num_labels is not None and num_labels != config.num_labels:
             config.num_labels = num_labels
             config.id2label = id2label or {i: f"class_{i}" for i in range(num_labels)}
@@ -347,6 +408,19 @@ class QShiftSegmenter(nn.Module):
 
 
 QShiftMaskFormer = QShiftSegmenter  # the name of earlier versions; it also wraps Mask2Former
+
+
+def saved_settings(config, name_or_path):
+    """The settings saved with a checkpoint, {setting: value}: its HF config's "qshift" entry, or the qshift.json
+    beside the config in the folder of an earlier version; {} for an image model."""
+    settings = getattr(config, "qshift", None)
+    if settings is None:
+        old = Path(name_or_path) / "qshift.json"
+        settings = json.loads(old.read_text()) if old.is_file() else {}
+    if not isinstance(settings, dict):
+        raise ValueError(f"'{name_or_path}': its qshift settings are not a JSON object of setting: value")
+    return settings
+
 
 # -----------------------------------------------------------------------------
 # Whole videos in bounded memory (inference), exactly as one whole-clip run
@@ -419,11 +493,13 @@ def stream_logits(model, frames, chunk=8, amp=False):
 
 @torch.no_grad()
 def predict_video(model, frames, chunk=8, amp=False, clip_len=None):
-    """Per-frame class maps of one video, streamed: yields (H, W) int64 tensors on the model's device.
+    """Per-frame class maps of one video, streamed: yields (H, W) int64 tensors on the model's device, at the
+    frames' size, of class ids named by model.model.config.id2label.
 
-    frames: iterable of pixel_values (3, H, W) of one video. Without clip_len the maps are those of the whole video
-    run as one clip (see stream_logits); clip_len=T runs independent clips of T frames instead (the last one
-    shorter), with zeros shifted in at every clip's ends, as in training. A causal model runs online.
+    frames: iterable of pixel_values (3, H, W) of one video (e.g. frames_to_pixel_values' (T, 3, H, W)). Without
+    clip_len the maps are those of the whole video run as one clip (see stream_logits); clip_len=T runs independent
+    clips of T frames instead (the last one shorter), with zeros shifted in at every clip's ends, as in training. A
+    causal model runs online with chunk=1: the map of frame t comes before frame t+1 is read.
     """
     frames = iter(frames)
     for first in frames:
@@ -441,8 +517,10 @@ def semantic_segmentation(class_logits, mask_logits, size=None):
     """Per-pixel classes from mask classification (MaskFormer's semantic inference), always in float32.
 
     class_logits (N, Q, L+1), mask_logits (N, Q, h, w) -> (N, H, W) int64 for size=(H, W) (None keeps (h, w)):
-    sum over queries of p(class) without the null class times sigmoid(mask), bilinear to size, argmax.
-    HF's Mask2Former post-processing first resizes the mask logits to 384x384; this does not (see README).
+    sum over queries of p(class) without the null class times sigmoid(mask), bilinear to size, argmax. The model's
+    mask logits come at a quarter of the frames' size, h, w = H/4, W/4: pass the frames' (H, W) for maps at their
+    size. The values are class ids 0..L-1, named by model.model.config.id2label.
+    HF's Mask2Former post-processing first resizes the mask logits to 384x384; this does not (see docs/details.md).
     """
     with torch.autocast(class_logits.device.type, enabled=False):  # bf16 scores would flip close argmaxes
         probs = class_logits.float().softmax(-1)[..., :-1]  # (N, Q, L)
@@ -490,3 +568,80 @@ def build_model(config, *args, **settings):
         if hasattr(model.model.transformer_module, name):
             nn.init.normal_(getattr(model.model.transformer_module, name).weight, std=1.0)
     return QShiftSegmenter(model, *args, **settings)
+
+
+# -----------------------------------------------------------------------------
+# Sharing on the Hugging Face Hub
+
+SETTING_MEANINGS = {  # settings() in words, for model cards
+    "shift_div": "1/shift_div of the channels are shifted in time, half from frame t-1 and half from frame t+1 "
+                 "(Eq. 1); 0 is the image model run frame by frame",
+    "shift_at": "where the channels are shifted: the decoded queries (the paper's place), the pixel embeddings or "
+                "the backbone's feature maps",
+    "match": "each frame's queries are matched to the previous frame's (Hungarian algorithm, Eq. 2) before the shift",
+    "match_by": "what the matching compares: the queries' cosine similarity (Eq. 2) or their predicted masks'",
+    "causal": "online: every shifted channel comes from frame t-1, none from a later frame",
+    "reach": "how many frames each way the shifted channels come from, split among frames t-1 .. t-reach (and t+1 .. "
+             "t+reach); 1 is the paper's",
+}
+
+
+def model_card(model, repo_id, data=None, scores=None):
+    """A short model card (a Hub repo's README.md) for a QShiftSegmenter: its settings and what they mean, how to
+    load it with qshift and with plain transformers, its classes, and the data set and scores where given."""
+    hf_class = FAMILIES[model.family].hf_class.__name__
+    rows = [f"| {key} | {json.dumps(value)} | {SETTING_MEANINGS.get(key, 'see qshift.py')} |"
+            for key, value in model.settings().items()]
+    trained = f"Trained on {data}." if data else "The data set it was trained on was not given."
+    scored = "No scores were given."
+    if scores:
+        scored = "\n".join(["| " + " | ".join(scores) + " |", "|" + "---:|" * len(scores),
+                            "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v)
+                                              for v in scores.values()) + " |"])
+    classes = ", ".join(f"{i} {name}" for i, name in model.model.config.id2label.items())
+    return f"""---
+library_name: transformers
+pipeline_tag: image-segmentation
+tags: [video-semantic-segmentation, qshift, {model.family}]
+---
+
+# {repo_id}
+
+A {hf_class} that segments videos with shifted and matched queries (Mizuno and Tamaki, "Shift and matching queries
+for video semantic segmentation"): the image model runs on every frame, and a fraction of its decoded query channels
+comes from the neighbouring frames. {trained}
+
+{scored}
+
+## Settings
+
+They are config.json's `qshift` entry.
+
+| setting | value | meaning |
+|---|---|---|
+{chr(10).join(rows)}
+
+## Use
+
+With qshift.py (one file; it needs torch, scipy and transformers):
+
+```python
+import qshift
+model = qshift.QShiftSegmenter.from_pretrained("{repo_id}").eval()
+pixel_values = qshift.frames_to_pixel_values(frames)  # uint8 (T, H, W, 3) -> (T, 3, H, W)
+maps = list(qshift.predict_video(model, pixel_values))  # T class maps (H, W)
+names = model.model.config.id2label
+```
+
+With transformers alone: the image model, frame by frame (the shift needs qshift.py):
+
+```python
+from transformers import AutoImageProcessor, {hf_class}
+model = {hf_class}.from_pretrained("{repo_id}")
+processor = AutoImageProcessor.from_pretrained("{repo_id}")
+```
+
+## Classes
+
+{classes}
+"""

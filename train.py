@@ -42,6 +42,7 @@ PRESETS = {  # clip_len frames per clip; batch_size clips per step (per GPU); cr
     "clips": dict(clip_len=8, batch_size=1, lr=5e-4, epochs=10, crop=[480, 480]),
     "synthetic": dict(clip_len=8, batch_size=2, lr=5e-4, epochs=10, crop=None, model="tiny", workers=0),
 }
+SHIFT_AT = ("queries", "pixels", "backbone")  # qshift.PLACEMENTS, named here to check --shift-at before torch loads
 DEFAULTS = dict(root=None, model="facebook/maskformer-swin-tiny-ade", world={},
                 weight_decay=0.05, warmup=100, grad_clip=0.1, max_steps=0, out="out", seed=0, workers=4, amp=False,
                 eval_every=0, val_videos=0, log_every=10, min_frames=32, device=None)
@@ -104,6 +105,10 @@ def parse_args(argv=None):
     check_at_least(args, {"--shift": 0, "--reach": 1, "--clip-len": 1, "--batch-size": 1, "--epochs": 1,
                           "--max-steps": 0, "--lr": 0, "--weight-decay": 0, "--warmup": 0, "--grad-clip": 0, "--min-frames": 1,
                           "--stop-at": 1, "--workers": 0, "--eval-every": 0, "--val-videos": 0, "--log-every": 1})
+    if args.shift_at is not None:
+        places = args.shift_at.split(",")
+        if any(p not in SHIFT_AT for p in places) or len(set(places)) < len(places):
+            fail(f"--shift-at {args.shift_at}: choose one or more of {', '.join(SHIFT_AT)}, comma-separated")
     if args.crop and min(args.crop) < 1:
         fail(f"--crop {args.crop[0]} {args.crop[1]}: must be at least 1 1")
     if args.resume and args.overwrite:
@@ -140,6 +145,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.nn as nn  # noqa: E402
+import transformers  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -147,6 +153,8 @@ from tqdm import tqdm  # noqa: E402
 from data import DataError, build_dataset, collate, mask_targets  # noqa: E402
 from evaluate import evaluate, summary  # noqa: E402
 from qshift import QShiftSegmenter, build_model, tiny_config  # noqa: E402
+
+transformers.logging.disable_progress_bar()  # its bars at every load and save would cut into ours; messages stay
 
 if args.resume:
     try:
@@ -197,11 +205,16 @@ np.random.seed(seed)
 root = config["root"]
 # own clips: validation on the videos of ROOT/val.txt, if there is one (training then leaves them out)
 val_split = "val" if data_name != "clips" or os.path.isfile(os.path.join(root, "val.txt")) else None
+capped = None  # a note when the crop is larger than any training clip can fill
 try:
     crop = tuple(config["crop"]) if config["crop"] else None
     knobs = config["world"]  # the synthetic world's, {} for other data
     train_set = build_dataset(data_name, root, "train", config["clip_len"], train=True, crop=crop,
                               min_frames=config["min_frames"], seed=seed, **knobs)
+    if crop is not None and train_set.crop != crop:  # capped at the largest frame at the largest scale
+        capped = (f"crop {crop[0]}x{crop[1]} capped at {train_set.crop[0]}x{train_set.crop[1]}: the largest frame at "
+                  f"the largest training scale fills no more, the rest would be padding")
+        config["crop"] = list(train_set.crop)
     val_set = None
     if val_split:
         val_set = build_dataset(data_name, root, val_split, None, train=False, min_frames=config["min_frames"],
@@ -222,6 +235,21 @@ settings = dict(shift_div=config.get("shift"), match=config.get("match"), causal
                 shift_at=config["shift_at"].split(",") if config.get("shift_at") else None,
                 match_by=config.get("match_by"), reach=config.get("reach"))
 tiny = {"tiny": "maskformer", "tiny-mask2former": "mask2former"}
+
+
+def from_cache(name):
+    """{"local_files_only": True} when `name` is a hub id whose config is in the Hugging Face cache, else {}.
+
+    Loaded from there, it asks the network nothing: offline, HF retries for half a minute before it falls back on
+    the cache (and a newer revision on the Hub is not looked for: a run uses the copy it finds)."""
+    from huggingface_hub import try_to_load_from_cache
+    try:
+        cached = not os.path.isdir(name) and isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a hub id at all: from_pretrained says so
+        cached = False
+    return {"local_files_only": True} if cached else {}
+
+
 try:
     if args.resume:
         model = QShiftSegmenter.from_pretrained(out / "last", **settings)
@@ -231,7 +259,7 @@ try:
         model = build_model(config_, **{k: v for k, v in settings.items() if v is not None})
     else:
         model = QShiftSegmenter.from_pretrained(config["model"], num_labels=train_set.num_classes,
-                                                id2label=train_set.id2label, **settings)
+                                                id2label=train_set.id2label, **settings, **from_cache(config["model"]))
 except ValueError as e:  # qshift names the setting: shift_div, shift_at, match_by
     flags = {"shift_div": "--shift", "shift_at": "--shift-at", "match_by": "--match-by", "reach": "--reach"}
     setting = str(e).split(" ")[0]
@@ -244,6 +272,8 @@ config.update(shift=resolved["shift_div"], match=resolved["match"], causal=resol
 if model.model.config.num_labels != train_set.num_classes:
     fail(f"--model {config['model']}: {model.model.config.num_labels} classes, the data set has "
          f"{train_set.num_classes}")
+if train_set.palette is not None:  # the data set's class colours go with its checkpoints, for predict.py's videos
+    model.model.config.palette = train_set.palette.tolist()
 
 # every input is good: only now the output folder, so that its error does not hide theirs
 replace_old_run = master and not args.resume and out.exists() and any(out.iterdir())
@@ -384,6 +414,17 @@ def save_checkpoint(name, step, best_miou, rng):
             shutil.rmtree(old)
 
 
+def applicable(settings):
+    """The settings that act in this run, as printed at its start (config.json keeps them all, for --resume)."""
+    shifted, validated = bool(settings["shift"]), val_set is not None
+    off = {"root": settings["root"] is None, "min_frames": settings["data"] != "vspw",  # VSPW's filter only
+           "max_steps": not settings["max_steps"], "epochs": bool(settings["max_steps"]),  # the one that counts
+           "shift_at": not shifted, "match": not shifted, "causal": not shifted, "reach": not shifted,
+           "match_by": not settings["match"], "world": not settings["world"], "amp": not device.startswith("cuda"),
+           "eval_every": not validated, "val_videos": not validated or not settings["val_videos"], "backend": not ddp}
+    return {**{k: v for k, v in settings.items() if not off.get(k)}, "device": device}  # the device it runs on
+
+
 def write_json_atomically(path, obj):
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
@@ -418,7 +459,9 @@ if master:
     if replace_old_run:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    print(json.dumps({**config, **derived}, indent=2))
+    print(json.dumps(applicable({**config, **derived}), indent=2))
+    if capped:
+        print(capped, file=sys.stderr)
     if val_set is None:
         print(f"{root}: no val.txt, so no validation; {out}/best is the last checkpoint", file=sys.stderr)
     write_json_atomically(out / "config.json", config)

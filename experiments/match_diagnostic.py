@@ -45,7 +45,7 @@ from scipy.optimize import linear_sum_assignment
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: the repository's modules
 import data  # noqa: E402
 import qshift  # noqa: E402
-from cli import fail, first_line  # noqa: E402
+from cli import check_checkpoint, fail, first_line  # noqa: E402
 from evaluate import _json_safe, _mean_std  # noqa: E402
 
 MIN_PIXELS = 8  # a query must own this many pixels of an object to cover it (the objects have ~200-800 pixels)
@@ -210,8 +210,7 @@ def main(argv=None):
                      or not Path(args.out).parent.is_dir()):
         fail(f"--out {args.out}: must be a new .md or .json file in an existing folder")
     for checkpoint in args.checkpoints:
-        if not (Path(checkpoint) / "qshift.json").is_file():
-            fail(f"{checkpoint}: not a qshift checkpoint (no qshift.json; train.py writes RUN/last)")
+        check_checkpoint("checkpoint", checkpoint)
     transformers.logging.set_verbosity_error()
     dataset = data.build_dataset("synthetic", split="val", clip_len=None, train=False)  # seed 0, as train.py
     num_videos = min(len(dataset), args.max_videos or len(dataset))
@@ -225,7 +224,7 @@ def main(argv=None):
         num_labels = model.model.config.num_labels
         if num_labels != dataset.num_classes:
             fail(f"{checkpoint}: {num_labels} classes; the synthetic world has {dataset.num_classes}")
-        trained = json.loads((Path(checkpoint) / "qshift.json").read_text())
+        trained = qshift.saved_settings(model.model.config, checkpoint)
         counts = diagnose(model, dataset, args.min_pixels, num_videos)
         runs.append({"checkpoint": checkpoint, "trained_with": trained, "rates": rates(counts),
                      "counts": {row: {k: v.tolist() for k, v in cells.items()} for row, cells in counts.items()}})

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper's Tables 1-2 re-run on the built-in synthetic benchmark, with the other places a shift can act
-# (see README, "The experiment").
+# (see docs/experiment.md).
 #
 # Protocol, as in the paper (Sec. 4.2.1): an image model is trained first, then every variant is fine-tuned from it.
 #   1. per seed: train the frame-by-frame image model (--shift 0) with the default synthetic recipe (960 steps)

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import data
+import qshift
 from data import IGNORE_INDEX, DataError, build_dataset, collate
 
 H, W = 6, 8  # frame size of the small trees
@@ -58,7 +59,7 @@ def make_clips(root, videos, classes=None):
 
 def denormalise(pixel_values):
     """float (..., 3, H, W) -> the uint8 values it was made from, as floats."""
-    mean, std = torch.tensor(data.MEAN).view(3, 1, 1), torch.tensor(data.STD).view(3, 1, 1)
+    mean, std = torch.tensor(qshift.MEAN).view(3, 1, 1), torch.tensor(qshift.STD).view(3, 1, 1)
     return (pixel_values * std + mean) * 255
 
 
@@ -81,7 +82,7 @@ def test_vspw_shapes_normalisation_and_label_mapping(tmp_path):
     assert ds.to_raw(item["labels"][0]).dtype == np.uint8
     assert ds.to_raw(item["labels"][0])[0].tolist() == [0, 1, 124, 0, 7, 7, 7, 7]
     # ImageNet normalisation of the frame's colour (JPEG: within a few levels)
-    expected = (torch.tensor([10.0, 100, 200]) / 255 - torch.tensor(data.MEAN)) / torch.tensor(data.STD)
+    expected = (torch.tensor([10.0, 100, 200]) / 255 - torch.tensor(qshift.MEAN)) / torch.tensor(qshift.STD)
     assert torch.allclose(item["pixel_values"][1, :, 2, 3], expected, atol=0.1)
     frame = ds.frame(0, 1)
     assert frame["name"] == "00000002" and torch.equal(frame["pixel_values"], item["pixel_values"][1])
@@ -180,6 +181,32 @@ def test_clips_augmentation_moves_frames_and_labels_together(tmp_path):
         flips.add(bool(row[0] > row[-1]))
         scales.add(int(valid[0].sum()))
     assert flips == {True, False} and len(scales) > 3 and 0 < padded < 12
+
+
+def test_the_crop_is_capped_at_the_largest_frame_at_the_largest_scale(tmp_path):
+    """Videos of 10x12 and 8x20 frames, scaled by at most 2, fill at most 20x40: a 480x480 canvas would be padding."""
+    root = make_clips(tmp_path, {"small": [("0", coordinate_image(10, 12), np.zeros((10, 12)))],
+                                 "wide": [("0", coordinate_image(8, 20), np.zeros((8, 20)))]}, classes=["c"])
+    ds = build_dataset("clips", root, clip_len=1, crop=(480, 480), seed=1)
+    assert ds.crop == (2 * 10, 2 * 20)
+    filled = np.zeros(ds.crop, bool)
+    for epoch in range(40):  # every clip fits the capped canvas; the largest scales nearly fill it
+        ds.set_epoch(epoch)
+        for item in (ds[0], ds[1]):
+            assert item["pixel_values"].shape == (1, 3, *ds.crop)
+            filled |= (item["labels"][0] != IGNORE_INDEX).numpy()
+    assert filled[:18, :22].all() and filled[:14, :36].all()
+    assert build_dataset("clips", root, clip_len=1, crop=(16, 480)).crop == (16, 40)  # a smaller crop stays
+    assert build_dataset("clips", root, clip_len=1, crop=(480, 480), train=False)[0]["labels"].shape == (1, 10, 12)
+
+
+def test_one_videos_folder_as_root_gets_a_hint(tmp_path):
+    root = make_clips(tmp_path / "my_videos", {"video0": [("0", coordinate_image(4, 4), np.zeros((4, 4)))]},
+                      classes=["c"])
+    with pytest.raises(DataError, match=r"my_videos/video0 looks like one video's folder .* the video folders, here "
+                       r".*my_videos$"):
+        build_dataset("clips", root / "video0", clip_len=1)
+    assert len(build_dataset("clips", root, clip_len=1)) == 1
 
 
 def test_clips_without_crop_flips_only_and_eval_is_whole(tmp_path):

@@ -158,7 +158,7 @@ def test_evaluate_gives_the_whole_clip_predictions_saved_and_drawn(synthetic, ti
     results = evaluate.evaluate(tiny_model, synthetic, "cpu", progress=False, chunk=5,
                                 save_predictions=tmp_path / "pred", visualize=tmp_path / "vis", num_vis=1)
     assert tiny_model.training  # restored for the training loop
-    colours = evaluate.class_colours(synthetic)
+    colours = evaluate.class_colours(synthetic.palette)
     maps, labels = [], []
     for v, (video, frames) in enumerate(synthetic.videos):
         clip = synthetic[v]  # the whole video as one clip
@@ -186,7 +186,7 @@ def test_evaluate_gives_the_whole_clip_predictions_saved_and_drawn(synthetic, ti
 
 
 def test_synthetic_pictures_draw_each_class_in_its_own_colour(synthetic):
-    colours = evaluate.class_colours(synthetic)
+    colours = evaluate.class_colours(synthetic.palette)
     assert synthetic.class_names == ["background", "red", "green", "blue"]
     background, red, green, blue = colours[:4].astype(int)
     assert background.max() - background.min() < 10 and background.max() < 100  # a dark grey
@@ -240,6 +240,17 @@ def test_hidden_cue_accuracy_by_distance_matches_the_definition(monkeypatch):
     assert one["hidden_d1_acc"] == one["hidden_acc"] and math.isnan(one["hidden_d2_acc"])  # runs of 1: all at d1
 
 
+def test_vis_frames_draws_those_consecutive_frames(synthetic, monkeypatch, tmp_path):
+    monkeypatch.setattr(qshift, "predict_video", fake_predictions)
+    heights = {}
+    for frames in (None, (2, 4), (5, 5)):
+        evaluate.evaluate(torch.nn.Linear(1, 1), synthetic, progress=False, visualize=tmp_path / str(frames),
+                          num_vis=1, vis_frames=frames)
+        heights[frames] = Image.open(tmp_path / str(frames) / f"{synthetic.videos[0][0]}.png").height
+    row = heights[(2, 4)] - heights[(5, 5)]  # two more rows of frames
+    assert row > 0 and heights[None] - heights[(5, 5)] == 5 * row // 2  # the default: 6 frames spread over the video
+
+
 def test_the_world_is_read_from_the_run_and_names_the_evaluation(checkpoint, tmp_path, capsys):
     run = tmp_path / "run"
     (run / "best").mkdir(parents=True)
@@ -289,7 +300,7 @@ def test_own_frames_without_labels_give_predictions_and_pictures_only(tiny_model
     main(["--checkpoint", str(tmp_path / "run" / "best"), "--data", "clips", "--root", str(tmp_path / "clips"),
           "--save-predictions", str(tmp_path / "pred"), "--visualize", str(tmp_path / "vis"), "--device", "cpu"])
     out = capsys.readouterr().out
-    assert "no labels" in out and f"drew 1 of 1 videos in {tmp_path / 'vis'}" in out
+    assert "3 frames of 1 video predicted; no labels" in out and f"drew 1 of 1 video in {tmp_path / 'vis'}" in out
     saved = json.loads((tmp_path / "run" / "eval-clips-clips-all.json").read_text())  # no val.txt: split "all"
     assert saved["split"] == "all" and saved["results"] == {"num_videos": 1, "num_frames": 3}
     assert sorted(p.name for p in (tmp_path / "pred" / "walk").iterdir()) == ["0.png", "1.png", "2.png"]
@@ -523,8 +534,12 @@ def bad_checkpoints(checkpoint, tmp_path_factory):
     weights = root / "weights" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated
     (root / "config" / "config.json").write_text("{not json")
-    (root / "settings" / "qshift.json").write_text("[1, 2")
+    config = json.loads((root / "settings" / "config.json").read_text())
+    (root / "settings" / "config.json").write_text(json.dumps({**config, "qshift": [1, 2]}))
+    qshift.build_model(qshift.tiny_config(4), 8, True).model.save_pretrained(root / "old-settings")
+    (root / "old-settings" / "qshift.json").write_text("[1, 2")  # an earlier version's settings file, corrupt
     (root / "no-qshift").mkdir()
+    qshift.build_model(qshift.tiny_config(4), 8, True).model.save_pretrained(root / "image-model")
     qshift.build_model(qshift.tiny_config(3), 8, True).save_pretrained(root / "three-classes")
     (root / "corrupt-run").mkdir()
     (root / "corrupt-run" / "eval-val.json").write_text("{")
@@ -537,8 +552,10 @@ def bad_checkpoints(checkpoint, tmp_path_factory):
     (["--checkpoint", "{bad}/missing", "--data", "synthetic"], "no such folder"),
     (["--checkpoint", "{bad}/no-qshift", "--data", "synthetic"], "not a qshift checkpoint"),
     (["--checkpoint", "{bad}/weights", "--data", "synthetic"], "cannot load"),
-    (["--checkpoint", "{bad}/config", "--data", "synthetic"], "cannot load"),
+    (["--checkpoint", "{bad}/image-model", "--data", "synthetic"], "no qshift settings"),
+    (["--checkpoint", "{bad}/config", "--data", "synthetic"], "cannot read"),
     (["--checkpoint", "{bad}/settings", "--data", "synthetic"], "cannot load"),
+    (["--checkpoint", "{bad}/old-settings", "--data", "synthetic"], "cannot load"),
     (["--checkpoint", "{bad}/three-classes", "--data", "synthetic"], "4 classes, but the checkpoint"),
     (["--checkpoint", "{good}", "--data", "synthetic", "--split", "bogus"], "unknown split"),
     (["--checkpoint", "{good}", "--data", "vspw", "--root", "{bad}/missing"], "no such dataset folder"),
@@ -547,6 +564,7 @@ def bad_checkpoints(checkpoint, tmp_path_factory):
     (["--checkpoint", "{good}"], "needs --data: no"),
     (["--checkpoint", "{good}", "--data", "synthetic", "--device", "gpu"], "--device gpu"),
     (["--checkpoint", "{good}", "--data", "synthetic", "--max-video", "1"], "unrecognized arguments: --max-video"),
+    (["--checkpoint", "{good}", "--data", "synthetic", "--vis-frames", "5", "2"], "--vis-frames 5 2: give frames"),
     (["--checkpoint", "{good}", "--data", "synthetic", "--world", "hide=3"], "unknown knob 'hide'"),
     (["--checkpoint", "{good}", "--data", "synthetic", "--world", "speed=0"], "speed must be"),
     (["--checkpoint", "{good}", "--data", "synthetic", "--world", "hide_run=30"], "--world: hide_run 30: 1 x 30 hidden frames"),

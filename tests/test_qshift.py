@@ -1,5 +1,7 @@
 """qshift.py against hand-computed cases, brute force and Hugging Face's own MaskFormer."""
 import itertools
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,9 +9,10 @@ import torch
 from transformers import Mask2FormerImageProcessor, MaskFormerImageProcessor
 from transformers.models.maskformer.modeling_maskformer import MaskFormerForInstanceSegmentationOutput
 
+import qshift
 from qshift import FAMILIES as FAMILY_CLASSES
-from qshift import (QShiftMaskFormer, QShiftSegmenter, build_model, match_queries, predict_video,
-                    semantic_segmentation, shift_queries, stream_logits, temporal_shift, tiny_config)
+from qshift import (QShiftMaskFormer, QShiftSegmenter, build_model, frames_to_pixel_values, match_queries,
+                    predict_video, semantic_segmentation, shift_queries, stream_logits, temporal_shift, tiny_config)
 
 # -----------------------------------------------------------------------------
 # temporal_shift (Eq. 1)
@@ -334,6 +337,91 @@ def test_settings_saved_before_placements_mean_the_papers(tmp_path):
         {"shift_div": 8, "match": True, "causal": False, "shift_at": ["queries"], "match_by": "queries", "reach": 1}
 
 
+def test_save_pretrained_keeps_the_settings_in_config_json_and_writes_the_image_processor(tmp_path):
+    model = tiny_model(shift_div=8, causal=True)
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["qshift"] == model.settings()
+    assert not (tmp_path / "qshift.json").exists()  # config.json alone carries them
+    processor = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert processor["image_processor_type"] == "MaskFormerImageProcessor" and processor["do_resize"] is False
+
+
+def test_a_checkpoint_of_an_earlier_version_with_only_a_qshift_json_loads_its_settings(tmp_path):
+    model = tiny_model(shift_div=8, causal=True, shift_at=("queries", "pixels"), match_by="masks")
+    model.model.save_pretrained(tmp_path)  # the HF model alone, as earlier versions wrote it, beside a qshift.json
+    (tmp_path / "qshift.json").write_text(json.dumps(model.settings()))
+    assert "qshift" not in json.loads((tmp_path / "config.json").read_text())
+    assert QShiftSegmenter.from_pretrained(tmp_path).settings() == model.settings()
+
+
+def hub_cache(cache, model, repo_id, revision="4b825dc642cb6eb9a060e54bf8d69288fbee4904"):
+    """Lay save_pretrained's files out as the Hugging Face cache holds a downloaded repo: models--ORG--NAME/
+    snapshots/REV/<files> and refs/main naming REV."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    model.save_pretrained(repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+
+
+def test_a_model_shared_on_the_hub_comes_back_with_every_setting_its_class_names_and_image_processor(tmp_path):
+    import huggingface_hub
+    from transformers import AutoImageProcessor
+    assert huggingface_hub.constants.HF_HUB_OFFLINE  # conftest: no network, the cache alone
+    names = {0: "sky", 1: "road", 2: "car", 3: "person", 4: "tree"}
+    models = {  # between them, every setting away from its default
+        "org/tiny-maskformer": tiny_model(8, True, True, shift_at=("queries", "pixels"), match_by="masks", reach=2),
+        "org/tiny-mask2former": tiny_model(4, False, False, family="mask2former", shift_at=("backbone", "queries"))}
+    defaults = QShiftSegmenter(tiny_model().model).settings()
+    for key in defaults:
+        assert any(model.settings()[key] != defaults[key] for model in models.values()), key
+    x = video(3)
+    for repo_id, model in models.items():
+        model.model.config.id2label, model.model.config.label2id = names, {n: i for i, n in names.items()}
+        hub_cache(tmp_path, model, repo_id)
+        loaded = QShiftSegmenter.from_pretrained(repo_id, cache_dir=tmp_path).eval()
+        assert loaded.settings() == model.settings() and loaded.model.config.id2label == names
+        with torch.no_grad():
+            assert torch.equal(loaded(x[None]).masks_queries_logits, model(x[None]).masks_queries_logits)
+            # plain transformers loads the same repo, every weight in place: the image model
+            hf, info = FAMILY_CLASSES[model.family].hf_class.from_pretrained(repo_id, cache_dir=tmp_path,
+                                                                             output_loading_info=True)
+            assert not (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"])
+            assert torch.equal(hf.eval()(x).masks_queries_logits, model.model(x).masks_queries_logits)
+        frame = np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+        processor = AutoImageProcessor.from_pretrained(repo_id, cache_dir=tmp_path)
+        torch.testing.assert_close(processor(frame, return_tensors="pt")["pixel_values"],
+                                   frames_to_pixel_values(frame[None]), atol=1e-5, rtol=0)
+    with pytest.raises(OSError, match="not in the Hugging Face cache"):
+        QShiftSegmenter.from_pretrained("org/not-cached", cache_dir=tmp_path)
+
+
+def test_push_to_hub_uploads_the_checkpoint_with_a_model_card(tmp_path, monkeypatch):
+    uploaded, created = {}, []
+    monkeypatch.setattr(qshift.HfApi, "create_repo", lambda self, repo_id, **kwargs: created.append(repo_id))
+
+    def upload_folder(self, repo_id, folder_path, commit_message):  # keeps what would go up: the folder is temporary
+        uploaded.update({p.name: p.read_bytes() for p in Path(folder_path).iterdir()})
+        return f"commit to {repo_id}"
+
+    monkeypatch.setattr(qshift.HfApi, "upload_folder", upload_folder)
+    model = tiny_model(8, causal=True)
+    model.model.config.id2label = {i: name for i, name in enumerate(["sky", "road", "car", "person", "tree"])}
+    assert model.push_to_hub("org/tiny", data="synthetic", scores={"mIoU": 51.25}) == "commit to org/tiny"
+    assert created == ["org/tiny"]
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= set(uploaded)
+    card = uploaded["README.md"].decode()
+    for key, value in model.settings().items():
+        assert f"| {key} | {json.dumps(value)} |" in card
+    for text in ('QShiftSegmenter.from_pretrained("org/tiny")', 'MaskFormerForInstanceSegmentation.from_pretrained(',
+                 'AutoImageProcessor.from_pretrained("org/tiny")', "Trained on synthetic", "| 51.25 |", "4 tree"):
+        assert text in card, text
+    folder = tmp_path / "uploaded"
+    folder.mkdir()
+    for name, content in uploaded.items():
+        (folder / name).write_bytes(content)
+    assert QShiftSegmenter.from_pretrained(folder).settings() == model.settings()
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_load_a_plain_hf_directory_with_new_labels(tmp_path, family):
     torch.manual_seed(0)
@@ -468,7 +556,7 @@ def test_semantic_maps_against_hf_mask2former_post_processing():
     at_384 = torch.nn.functional.interpolate(mask_logits, size=(384, 384), mode="bilinear", align_corners=False)
     assert torch.equal(semantic_segmentation(class_logits, at_384, (64, 96)), theirs)
     differ = (semantic_segmentation(class_logits, mask_logits, (64, 96)) != theirs).float().mean()
-    assert differ > 0  # without it the maps differ near class borders: 7.9% of these pixels (see README)
+    assert differ > 0  # without it the maps differ near class borders: 7.9% of these pixels (see docs/details.md)
 
 
 def test_semantic_maps_stay_float32_under_autocast():
@@ -477,3 +565,24 @@ def test_semantic_maps_stay_float32_under_autocast():
     expected = semantic_segmentation(class_logits, mask_logits, (64, 96))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(semantic_segmentation(class_logits, mask_logits, (64, 96)), expected)
+
+
+# -----------------------------------------------------------------------------
+# the input: uint8 frames -> pixel_values
+
+
+def test_frames_to_pixel_values_normalises_as_hfs_image_processor_from_numpy_tensors_and_pil():
+    from PIL import Image
+    frames = np.random.default_rng(0).integers(0, 256, (3, 10, 14, 3), dtype=np.uint8)  # (T, H, W, 3)
+    ours = frames_to_pixel_values(frames)
+    assert ours.shape == (3, 3, 10, 14) and ours.dtype == torch.float32
+    theirs = MaskFormerImageProcessor(do_resize=False)(list(frames), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    assert torch.equal(frames_to_pixel_values(torch.from_numpy(frames)), ours)
+    assert torch.equal(frames_to_pixel_values([Image.fromarray(f) for f in frames]), ours)
+    grey = [Image.fromarray(f[..., 0]) for f in frames]  # any PIL mode is taken as RGB
+    assert torch.equal(frames_to_pixel_values(grey), frames_to_pixel_values(np.repeat(frames[..., :1], 3, -1)))
+    with pytest.raises(ValueError, match=r"uint8 RGB of shape \(T, H, W, 3\), not torch.float32"):
+        frames_to_pixel_values(frames.astype(np.float32))
+    with pytest.raises(ValueError, match=r"not torch.uint8 \(3, 3, 10, 14\)"):
+        frames_to_pixel_values(frames.transpose(0, 3, 1, 2))  # channels first

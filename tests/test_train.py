@@ -10,6 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+import qshift
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--clip-len", "4", "--batch-size", "1", "--log-every", "1", "--warmup", "2", "--val-videos", "2"]
 
@@ -38,12 +40,23 @@ def test_a_short_run_learns_and_writes_loadable_checkpoints(tmp_path):
     assert "validation mIoU" in result.stderr + result.stdout
     config = json.loads((out / "config.json").read_text())
     assert config["data"] == "synthetic" and config["shift"] == 16 and config["match"] is True
+    printed = json.loads(result.stdout[:result.stdout.index("\n}\n") + 2])  # only the settings that act
+    assert printed["max_steps"] == 40 and printed["device"] == "cpu" and printed["match_by"] == "queries"
+    assert not {"epochs", "min_frames", "root", "amp", "backend"} & set(printed), printed
+    assert {"epochs", "min_frames", "root", "amp"} <= set(config)  # config.json keeps them all, for --resume
+    assert "Writing model shards" not in result.stderr  # transformers' bars stay out of ours
 
     from qshift import QShiftMaskFormer
     for name in ("last", "best"):
         model = QShiftMaskFormer.from_pretrained(out / name)
         assert model.settings() == {"shift_div": 16, "match": True, "causal": False, "shift_at": ["queries"],
                                     "match_by": "queries", "reach": 1}
+    # the checkpoint's image processor gives the pixel_values that training read (no resizing: the frame as it is)
+    import data
+    from transformers import AutoImageProcessor
+    frames = data.build_dataset("synthetic", split="val", clip_len=None, train=False, num_videos=1)
+    pixel_values = AutoImageProcessor.from_pretrained(out / "best")(frames.images[0, 5], return_tensors="pt")
+    torch.testing.assert_close(pixel_values["pixel_values"][0], frames.frame(0, 5)["pixel_values"], atol=1e-5, rtol=0)
     state = torch.load(out / "last" / "train_state.pt", weights_only=False)
     assert state["step"] == 40
     assert not list(out.glob(".tmp-*")), "a temporary checkpoint was left behind"
@@ -126,6 +139,36 @@ def test_cuda_torchrun_one_process_with_nccl_validates_and_resumes(tmp_path):
     assert torch.load(out / "last" / "train_state.pt", weights_only=False)["rng"][0]["cuda"] is not None
 
 
+def test_a_hub_id_in_the_cache_loads_without_asking_the_network(tmp_path):
+    """A model downloaded once loads at once on a machine offline, without HF_HUB_OFFLINE=1 (HF would first retry
+    for half a minute): the network here is a closed port, and any request to it shows in stderr."""
+    snapshot = tmp_path / "hf" / "hub" / "models--org--tiny" / "snapshots" / "0123abcd"
+    qshift.build_model(qshift.tiny_config(4, hidden_size=256), shift_div=0).model.save_pretrained(snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *SMALL, "--model", "org/tiny", "--max-steps", "1",
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, cwd=ROOT,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    asked = ("Could not reach the Hub", "Retry", "127.0.0.1")  # HF's words when it tried
+    assert not any(words in result.stderr for words in asked), result.stderr[-3000:]
+    assert "Loading weights" not in result.stderr  # transformers' bar, silenced
+
+
+def test_the_hub_error_suggests_hf_hub_offline_unless_it_is_set(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+    monkeypatch.setattr(qshift.AutoConfig, "from_pretrained", no_network)
+    for offline, hint in ((False, True), (True, False)):
+        monkeypatch.setattr(qshift.hf_constants, "HF_HUB_OFFLINE", offline)
+        with pytest.raises(OSError) as e:
+            qshift.QShiftSegmenter.from_pretrained("org/missing")
+        assert "\n" not in str(e.value) and "'org/missing'" in str(e.value)
+        assert ("HF_HUB_OFFLINE=1 answers at once" in str(e.value)) == hint, str(e.value)
+
+
 def expect_error(result, *words):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -190,16 +233,35 @@ def test_flags_are_never_abbreviated_and_presets_are_in_help(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
+def before_torch(script, *flags):
+    """Run script with flags until it exits: (its exit status, whether torch or transformers had loaded, stderr)."""
+    code = ("import runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+            "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules or 'transformers' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, str(ROOT / script), *flags], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60)
+    status, loaded = result.stdout.splitlines()[-1].split()
+    return int(status), loaded == "True", result.stderr
+
+
 @pytest.mark.parametrize("script,flags,status", [
     ("train.py", ["--help"], 0), ("train.py", ["--max-step", "5"], 2), ("train.py", ["--data", "vspw"], 2),
     ("evaluate.py", ["--help"], 0), ("evaluate.py", ["--checkpoint", "nowhere"], 2),
-    ("bench.py", ["--help"], 0), ("bench.py", ["--device", "tpu"], 2)])
+    ("bench.py", ["--help"], 0), ("bench.py", ["--device", "tpu"], 2),
+    ("predict.py", ["--help"], 0), ("predict.py", ["nowhere.mp4", "--checkpoint", "nowhere"], 2)])
 def test_help_and_flag_errors_answer_before_torch_loads(script, flags, status):
-    code = ("import runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
-            "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules, 'transformers' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code, str(ROOT / script), *flags], capture_output=True, text=True,
-                            cwd=ROOT, timeout=60)
-    assert result.stdout.splitlines()[-1] == f"{status} False False", result.stdout + result.stderr
+    assert before_torch(script, *flags)[:2] == (status, False)
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--shift-at", "pixel"], "--shift-at pixel: choose one or more of queries, pixels, backbone"),
+    (["--shift-at", "queries,queries"], "--shift-at queries,queries"),
+    (["--shift-at", ""], "--shift-at : choose"),
+    (["--match-by", "mask"], "--match-by: invalid choice: 'mask'"),
+    (["--shift", "-8"], "--shift -8: must be at least 0"),
+    (["--shift-at", ",".join(qshift.PLACEMENTS), "--data", "vspw"], "--data vspw needs --root")])  # names accepted
+def test_placements_match_by_and_shift_are_checked_before_torch_loads(flags, words):
+    status, loaded, stderr = before_torch("train.py", *flags)
+    assert (status, loaded) == (2, False) and stderr.count("\n") == 1 and words in stderr, stderr
 
 
 def make_clips(root, labels=True, classes=("ground", "thing")):
@@ -235,6 +297,16 @@ def test_own_clips_train_on_train_and_validate_on_val_txt(tmp_path):
     assert '"train_clips": 4' in result.stdout  # videos a and b, 2 clips of 2 frames each
 
 
+def test_own_small_clips_train_on_a_crop_capped_at_the_largest_scaled_frame(tmp_path):
+    root = make_clips(tmp_path / "videos")  # 32x48 frames; the clips preset crops 480x480
+    out = tmp_path / "run"
+    result = train("--data", "clips", "--model", "tiny", "--clip-len", "2", "--warmup", "1", "--root", str(root),
+                   "--max-steps", "1", out=out)
+    assert "crop 480x480 capped at 64x96" in result.stderr  # 2x, the largest training scale: the rest is padding
+    assert json.loads((out / "config.json").read_text())["crop"] == [64, 96]
+    assert '"crop": [\n    64,\n    96\n  ]' in result.stdout
+
+
 def test_bad_own_clips_stop_before_step_0_and_leave_out_as_it_was(tmp_path):
     kept = tmp_path / "kept"  # an old run, to be replaced only if the new one starts
     kept.mkdir()
@@ -249,4 +321,6 @@ def test_bad_own_clips_stop_before_step_0_and_leave_out_as_it_was(tmp_path):
     (one_class / "val.txt").write_text("ghost\n")
     expect_error(train(*CLIPS, "--root", str(one_class), out=tmp_path / "new", check=False), "ghost")
     expect_error(train(*CLIPS, out=tmp_path / "new", check=False), "--data clips needs --root")
+    expect_error(train(*CLIPS, "--root", str(one_class / "a"), out=tmp_path / "new", check=False),
+                 f"{one_class / 'a'} looks like one video's folder", f"the video folders, here {one_class}")
     assert sorted(p.name for p in kept.iterdir()) == ["config.json"] and not (tmp_path / "new").exists()

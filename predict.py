@@ -1,0 +1,357 @@
+"""
+Segment your videos with a trained qshift model: a class map per frame, and the video beside its segmentation.
+
+    python predict.py INPUT [INPUT ...] --checkpoint CKPT [--out DIR] [--short-side N] [--amp] [--device D]
+
+INPUT is a video file (whatever FFmpeg decodes: mp4, webm, avi, gif, ...) or a folder of frames (.jpg, .png) in
+natural order (frame2 before frame10), as own clips are read. CKPT is a folder written by train.py (RUN/best) or by
+QShiftSegmenter.save_pretrained, or a Hugging Face hub id. For each INPUT, named NAME (its name without suffix):
+
+    DIR/NAME/<frame>.png   the class ids, at the input's full size, as palette PNGs (the pixel values are the ids;
+                           viewers show the class colours), named after the folder's frames, or 00000.png,
+                           00001.png, ... for a video
+    DIR/NAME.mp4           each frame beside itself blended with its class colours, over a legend of the classes
+                           in view, at the size the model saw
+
+and one line: the frames, frames per second and where they went. DIR is predictions/ unless given.
+
+The frames stream through qshift.predict_video, decoded by one thread and written by another while the model runs,
+so memory holds a few frames whatever the video's length; a causal model runs online, one frame at a time, and each
+map is written as soon as its frame has been read. Frames whose short side is longer than --short-side (default
+480, the paper's VSPW_480p and the size train.py's crops see) are scaled down before the model, so that 1080p or 4K
+video costs what 480p does; their maps are scaled back to the input's size (nearest: their detail is that of the
+model's input). --short-side 0 keeps every frame as it is.
+
+A bad input (a missing, unreadable or corrupt video, an empty folder) stops the run with one line and exit status 2,
+and nothing of it is left behind; the inputs before it are complete. Existing outputs stay unless --overwrite.
+"""
+import re
+from pathlib import Path
+
+from cli import check_at_least, check_checkpoint, fail, first_line, make_parser
+
+HUB_ID = r"[\w.-]+/[\w.-]+"  # ORG/NAME
+FOLDER_FPS = 10  # frames per second of the video made from a folder of frames
+
+
+def output_name(path):
+    """NAME of an input, in DIR/NAME and DIR/NAME.mp4: a video file's name without suffix, a folder's name."""
+    path = Path(path)
+    return path.resolve().name if path.is_dir() else path.stem
+
+
+def parse_args(argv=None):
+    """predict.py's flags and inputs, checked; a bad one exits with one line. It needs no torch: see cli.py."""
+    parser = make_parser(__doc__)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="video files or folders of frames")
+    parser.add_argument("--checkpoint", required=True, help="RUN/best, a save_pretrained folder, or a hub id")
+    parser.add_argument("--out", default="predictions", help="output folder (predictions)")
+    parser.add_argument("--short-side", type=int, default=480, help="scale frames down to this short side before "
+                        "the model (480; 0: never)")
+    parser.add_argument("--chunk", type=int, default=8, help="frames the image model runs on at once (8; a causal "
+                        "model takes 1, to stay online)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+    args = parser.parse_args(argv)
+    check_at_least(args, {"--short-side": 0, "--chunk": 1})
+    if args.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        fail(f"--device {args.device}: use cpu, cuda or cuda:N")
+    if Path(args.checkpoint).exists() or not re.fullmatch(HUB_ID, args.checkpoint):  # a hub id is checked on loading
+        check_checkpoint("--checkpoint", args.checkpoint)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out}: not a folder")
+    names = {}
+    for path in map(Path, args.inputs):
+        if not path.exists():
+            fail(f"{path}: no such video file or folder of frames")
+        name = output_name(path)
+        if name in names:
+            fail(f"{path} and {names[name]} would both write {out / name}: give them different names")
+        names[name] = path
+        for written in (out / name, out / f"{name}.mp4"):
+            if written.exists() and not args.overwrite:
+                fail(f"{path}: {written} exists (from an earlier run?); --overwrite replaces it")
+    return args
+
+
+# Flags and inputs are checked before the imports below (2-4 s, torch and transformers), so that --help and mistakes
+# answer at once; the same pattern as train.py's and evaluate.py's.
+if __name__ == "__main__":
+    args = parse_args()
+
+import collections  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from fractions import Fraction  # noqa: E402
+
+import av  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import transformers  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import data  # noqa: E402
+import evaluate  # noqa: E402
+import qshift  # noqa: E402
+
+# -----------------------------------------------------------------------------
+# reading: video files through FFmpeg (PyAV), folders of frames as own clips are read
+
+
+def read_input(path):
+    """The frames of an input, a video file or a folder of frames: (frames, count, fps). frames yields (name, uint8
+    RGB (H, W, 3)) in order; count is None where a video's container does not say. A bad input raises DataError, on
+    opening or while the frames are read."""
+    path = Path(path)
+    if path.is_dir():
+        files = data._listing(path, (".jpg", ".jpeg", ".png"))  # natural order; DataError when there are none
+        frames = ((stem, np.array(data._open(file).convert("RGB"))) for stem, file in files.items())
+        return frames, len(files), FOLDER_FPS
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError) as e:
+        raise data.DataError(f"{path}: not a video that FFmpeg can read ({first_line(e)})") from None
+    if not container.streams.video:
+        container.close()
+        raise data.DataError(f"{path}: no video stream in it")
+    stream = container.streams.video[0]
+    if stream.width * stream.height < 1280 * 720:  # FFmpeg's decoding threads, one per core, pay off for large
+        stream.codec_context.thread_count = 1  # frames only: at 64x96 they cost 2.9 against 0.4 ms a frame here
+    return decode(container, stream, path), stream.frames or None, stream.average_rate or 25
+
+
+def decode(container, stream, path):
+    """The frames of a video stream: yields ("00000", uint8 RGB (H, W, 3)), ... and closes the container."""
+    t = 0
+    try:
+        for frame in container.decode(stream):
+            yield f"{t:05d}", frame.to_ndarray(format="rgb24")
+            t += 1
+    except av.FFmpegError as e:
+        raise data.DataError(f"{path}: corrupt at frame {t} ({first_line(e)})") from None
+    finally:
+        container.close()
+
+
+def model_input(name, rgb, short_side):
+    """One frame as the model takes it: {"name", "size": the input's (H, W), "rgb": uint8 (h, w, 3) scaled down to a
+    short side of at most short_side (0: as it is; antialiased bilinear, as training's scales), "pixel_values":
+    (3, h, w) normalised (qshift.frames_to_pixel_values)}."""
+    H, W = rgb.shape[:2]
+    frame = torch.from_numpy(rgb)
+    if short_side and min(H, W) > short_side:
+        size = (short_side, round(W * short_side / H)) if H <= W else (round(H * short_side / W), short_side)
+        frame = F.interpolate(frame.permute(2, 0, 1)[None], size=size, mode="bilinear", antialias=True)
+        frame = frame[0].permute(1, 2, 0)  # (h, w, 3) uint8
+    return {"name": name, "size": (H, W), "rgb": frame.numpy(),
+            "pixel_values": qshift.frames_to_pixel_values(frame[None])[0]}
+
+
+def read_ahead(frames, pool, ahead):
+    """frames' items, each taken by pool (one thread) `ahead` items before it is needed, so that decoding overlaps
+    the model; an error in the thread is raised here."""
+    pending = collections.deque(pool.submit(next, frames, None) for _ in range(ahead))
+    while (item := pending.popleft().result()) is not None:
+        pending.append(pool.submit(next, frames, None))
+        yield item
+
+
+def segment(model, frames, chunk=8, amp=False):
+    """(frame, class map (h, w) on the model's device) for model_input's frames, in order, through
+    qshift.predict_video: each pair as soon as its map is known. A causal model runs one frame at a time, online."""
+    waiting = collections.deque()  # frames whose maps are still to come: a few, whatever the video's length
+    pixel_values = evaluate._pixel_values(frames, None, waiting)
+    for pred in qshift.predict_video(model, pixel_values, 1 if model.causal else chunk, amp):
+        yield waiting.popleft(), pred
+
+
+# -----------------------------------------------------------------------------
+# writing: the maps as PNGs, the video beside its segmentation
+
+
+LEGEND_LINES = 2  # the video's legend: as many of the classes in view as fit in two lines, those of most pixels
+
+
+class Overlay:
+    """The frames of the output video: overlay(rgb, pred) -> uint8 (H', W', 3), the frame rgb (h, w, 3) beside
+    itself blended with the colours (class_colours) of its map pred (h, w), over a legend (evaluate's) of the classes
+    in view: those of most pixels that fit in LEGEND_LINES lines, in the order of their ids, so that it keeps still
+    from frame to frame; even sides (the video's 4:2:0 colour needs them). Each legend is drawn once and kept: text
+    is what costs, and the classes in view seldom change."""
+
+    def __init__(self, class_names, colours):
+        self.class_names, self.colours, self.font, self.legends = class_names, colours, ImageFont.load_default(), {}
+
+    def legend(self, in_view, width):
+        """The legend of the classes in_view (a tuple, most pixels first) as uint8 (LEGEND_LINES * LEGEND_LINE + 4,
+        width, 3)."""
+        if (in_view, width) not in self.legends:
+            def fitting(classes):
+                return [e for e in evaluate.legend_layout(classes, self.class_names, width, self.font)
+                        if e[3] < LEGEND_LINES * evaluate.LEGEND_LINE]
+            entries = fitting(sorted(c for c, *_ in fitting(in_view)))
+            strip = Image.new("RGB", (width, LEGEND_LINES * evaluate.LEGEND_LINE + 4), "white")
+            evaluate.draw_legend(ImageDraw.Draw(strip), entries, self.colours, 2, self.font)
+            self.legends[in_view, width] = np.asarray(strip)
+        return self.legends[in_view, width]
+
+    def __call__(self, rgb, pred):
+        h, w = pred.shape
+        blend = (rgb.astype(np.uint16) + evaluate.colorize(pred, self.colours)) // 2  # half frame, half classes
+        counts = np.bincount(pred.ravel(), minlength=len(self.class_names))
+        in_view = tuple(int(c) for c in np.argsort(-counts, kind="stable") if counts[c])
+        white = np.full((h, 2, 3), 255, np.uint8)
+        picture = np.concatenate([np.concatenate([rgb, white, blend.astype(np.uint8)], 1),
+                                  self.legend(in_view, 2 * w + 2)])
+        return np.pad(picture, ((0, picture.shape[0] % 2), (0, 0), (0, 0)), constant_values=255)
+
+
+class VideoWriter:
+    """An H.264 mp4 of RGB frames (PyAV): write(frame uint8 (H, W, 3)), one size throughout, then close(); the file
+    is made with the first frame, whose size it takes."""
+
+    def __init__(self, path, fps):
+        self.path, self.fps, self.container = path, Fraction(fps).limit_denominator(100000), None
+
+    def write(self, frame):
+        if self.container is None:
+            self.container = av.open(str(self.path), "w")
+            self.stream = self.container.add_stream("libx264", rate=self.fps)
+            self.stream.height, self.stream.width = frame.shape[:2]
+            # ultrafast: a quarter of veryfast's time at twice the bytes, so that writing hides behind the model; one
+            # thread: x264's frame threads made the first video of a process differ from the next ones
+            self.stream.pix_fmt, self.stream.options = "yuv420p", {"crf": "18", "preset": "ultrafast", "threads": "1"}
+        self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+
+    def close(self, complete=True):
+        """Finish the file (complete: with the frames the encoder still holds; else only release it)."""
+        if self.container is not None:
+            if complete:
+                self.container.mux(self.stream.encode(None))
+            self.container.close()
+            self.container = None
+
+
+def write_frame(frame, pred, maps, video, overlay):
+    """Write one frame's outputs: its map at the input's size as maps/<name>.png, its overlay (Overlay) into
+    video."""
+    full = torch.from_numpy(pred)[None, None]
+    if tuple(frame["size"]) != pred.shape:  # scaled back to the input's size (nearest: class ids)
+        full = F.interpolate(full, size=frame["size"], mode="nearest-exact")
+    evaluate.save_prediction(full[0, 0].numpy(), maps / f"{frame['name']}.png", overlay.colours)
+    video.write(overlay(frame["rgb"], pred))
+
+
+def predict_input(model, path, out, short_side=480, chunk=8, amp=False, overwrite=False):
+    """Segment one input (see the module docstring) into out/NAME/ and out/NAME.mp4; returns the number of frames.
+
+    The outputs are written under temporary names and renamed when complete, so that a bad input (DataError) leaves
+    nothing, and earlier outputs are replaced (with overwrite) only by complete ones."""
+    frames, count, fps = read_input(path)
+    name, made_out = output_name(path), not out.exists()
+    maps, video_path = out / name, out / f"{name}.mp4"
+    tmp_maps, tmp_video = out / f".{name}.tmp", out / f".{name}.tmp.mp4"
+    shutil.rmtree(tmp_maps, ignore_errors=True)
+    tmp_maps.mkdir(parents=True)
+    video = VideoWriter(tmp_video, fps)
+    config = model.model.config
+    class_names = [config.id2label[c] for c in range(config.num_labels)]
+    colours = evaluate.class_colours(np.array(config.palette, np.uint8) if getattr(config, "palette", None) else None)
+    overlay = Overlay(class_names, colours)
+    n, size = 0, None
+    bar = tqdm(total=count, unit="frame", desc=name, leave=False, disable=None)  # a bar on terminals only
+    try:
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+            decoded = (model_input(frame_name, rgb, short_side) for frame_name, rgb in frames)  # in the reader
+            writes = collections.deque()
+            for frame, pred in segment(model, read_ahead(decoded, reader, chunk + 2), chunk, amp):
+                if size is None:
+                    size = frame["size"]
+                elif frame["size"] != size:
+                    raise data.DataError(f"{path}: frame {frame['name']} is {frame['size'][1]}x{frame['size'][0]}, "
+                                         f"the first {size[1]}x{size[0]}")
+                writes.append(writer.submit(write_frame, frame, pred.to(torch.uint8).cpu().numpy(), tmp_maps,
+                                            video, overlay))
+                while len(writes) > chunk + 2 or (writes and writes[0].done()):  # a bounded backlog
+                    writes.popleft().result()  # a failed write raises here
+                n += 1
+                bar.update()
+            for write in writes:
+                write.result()
+        if n == 0:
+            raise data.DataError(f"{path}: no frames in it")
+        video.close()
+    except BaseException:  # a bad input, or Ctrl-C: nothing of this input is left
+        video.close(complete=False)
+        shutil.rmtree(tmp_maps, ignore_errors=True)
+        tmp_video.unlink(missing_ok=True)
+        if made_out and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    finally:
+        bar.close()
+    for old, new in ((maps, tmp_maps), (video_path, tmp_video)):
+        if overwrite and old.is_dir():
+            shutil.rmtree(old)
+        new.replace(old)
+    return n
+
+
+# -----------------------------------------------------------------------------
+# command line
+
+
+def load_model(checkpoint, device):
+    """The checkpoint's QShiftSegmenter on device, in eval mode; one line and exit status 2 if it cannot be."""
+    transformers.logging.set_verbosity_error()  # its loading messages and bars would make an error more than one line
+    transformers.logging.disable_progress_bar()
+    try:
+        model = qshift.QShiftSegmenter.from_pretrained(checkpoint)
+    except Exception as e:  # a broken checkpoint fails in many ways: json, safetensors, config, shapes, the hub
+        fail(f"--checkpoint {checkpoint}: cannot load ({first_line(e)})")
+    config = model.model.config
+    if not qshift.saved_settings(config, checkpoint):  # a hub id's, checked only now that it is loaded
+        fail(f"--checkpoint {checkpoint}: not a qshift checkpoint (its config.json has no qshift settings)")
+    if config.num_labels > 256:
+        fail(f"--checkpoint {checkpoint}: {config.num_labels} classes do not fit 8-bit PNGs")
+    return model.to(device).eval()
+
+
+def main(args):
+    """Run the command line that parse_args read."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail(f"--device {args.device}: no CUDA device here")
+    if device.type == "cuda":  # as in training
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    for path in args.inputs:  # each input opened and its first frame read: most bad ones stop the run here
+        try:
+            frames, _, _ = read_input(path)
+            if next(frames, None) is None:
+                fail(f"{path}: no frames in it")
+            frames.close()
+        except data.DataError as e:
+            fail(str(e))
+    model = load_model(args.checkpoint, device)
+    out = Path(args.out)
+    for path in args.inputs:
+        start = time.perf_counter()
+        try:
+            n = predict_input(model, Path(path), out, args.short_side, args.chunk, args.amp, args.overwrite)
+        except data.DataError as e:
+            fail(str(e))
+        seconds = time.perf_counter() - start
+        name = output_name(path)
+        print(f"{path}: {n} frames in {seconds:.1f} s, {n / seconds:.1f} frames/s -> {out / name}/ and "
+              f"{out / name}.mp4")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main(args)
