@@ -103,8 +103,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
     args = parser.parse_args(argv)
     check_at_least(args, {"--shift": 0, "--reach": 1, "--clip-len": 1, "--batch-size": 1, "--epochs": 1,
-                          "--max-steps": 0, "--lr": 0, "--weight-decay": 0, "--warmup": 0, "--grad-clip": 0, "--min-frames": 1,
-                          "--stop-at": 1, "--workers": 0, "--eval-every": 0, "--val-videos": 0, "--log-every": 1})
+                          "--max-steps": 0, "--lr": 0, "--weight-decay": 0, "--warmup": 0, "--grad-clip": 0,
+                          "--min-frames": 1, "--stop-at": 1, "--workers": 0, "--eval-every": 0, "--val-videos": 0, "--log-every": 1})
     if args.shift_at is not None:
         places = args.shift_at.split(",")
         if any(p not in SHIFT_AT for p in places) or len(set(places)) < len(places):
@@ -340,7 +340,8 @@ optimizer = torch.optim.AdamW(parameter_groups(raw_model, config["weight_decay"]
 
 steps_per_epoch = len(train_set) // (config["batch_size"] * world)
 if steps_per_epoch == 0:
-    fail(f"--batch-size {config['batch_size']}: the training set has only {len(train_set)} clips for {world} process(es)")
+    fail(f"--batch-size {config['batch_size']}: the training set has only {len(train_set)} clips "
+         f"for {world} process(es)")
 max_steps = config["max_steps"] or config["epochs"] * steps_per_epoch
 derived = dict(total_steps=max_steps, steps_per_epoch=steps_per_epoch, world_size=world, train_clips=len(train_set),
                backend=dist.get_backend() if ddp else None, frozen=frozen)

@@ -53,7 +53,8 @@ def test_causal_shift_takes_every_shifted_channel_from_the_past():
     assert torch.equal(temporal_shift(z, 16, causal=True)[:, 1:, :, :3], z[:, :-1, :, :3])  # 3 channels: odd is fine
 
 
-@pytest.mark.parametrize("shift_div,causal", [(-1, False), (3, False), (256, False), (256, True), (24, False), (32, False)])
+@pytest.mark.parametrize("shift_div,causal",
+                         [(-1, False), (3, False), (256, False), (256, True), (24, False), (32, False)])
 def test_shift_rejects_invalid_fractions(shift_div, causal):
     channels = 96 if shift_div == 32 else 256  # 96 / 32 = 3 channels: odd, cannot be split between t-1 and t+1
     with pytest.raises(ValueError, match=f"shift_div {shift_div}: 1/{shift_div} of the {channels} query channels"):
