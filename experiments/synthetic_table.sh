@@ -8,8 +8,11 @@
 #   3. evaluate every fine-tuned model's last checkpoint (no selection on the validation set) on the fixed validation
 #      world, whole 24-frame videos, and tabulate mean ± std over the seeds.
 # Each run's config.json and evaluation are kept in RESULTS (committed: the table is made from them), and a run found
-# there is skipped, so the table resumes where it stopped, in another sitting too (runs are deterministic on the CPU;
-# the image models are retrained if OUT is gone). Rows run in the order given, the most telling first, every seed.
+# there is skipped, so the table resumes where it stopped, in another sitting too (the image models are retrained if
+# OUT is gone). Runs are deterministic on one kind of CPU only: PyTorch's kernels for another instruction set
+# (AVX2 against AVX-512; try ATEN_CPU_CAPABILITY=avx2) round differently, and 40 steps in two such runs already
+# score differently. So finish a table on the kind of machine that began it. Rows run in the order given, the most
+# telling first, each for every seed.
 #
 #   bash experiments/synthetic_table.sh       # SEEDS="0 1 2" JOBS=2 OUT=runs/t1440 RESULTS=experiments/t1440 MODEL=tiny
 #   MODEL=tiny-mask2former OUT=runs/m2f RESULTS=experiments/m2f ROWS="..." bash experiments/synthetic_table.sh
