@@ -3,7 +3,7 @@ Benchmarks of qshift, every figure measured side by side in one run (in the styl
 
     python bench.py                  # full sizes, on CUDA when present (16 frames at 480x480, bf16 autocast,
                                      # TF32), else the CPU (256x256, fp32): hours on 1 CPU core
-    python bench.py --quick          # smaller sizes and budgets (QUICK below): about 20 minutes on 1 CPU core (18-22 measured)
+    python bench.py --quick          # smaller sizes and budgets (QUICK below): about 20 minutes on 1 CPU core
     python bench.py --json           # one JSON object instead of the Markdown table
     python bench.py --threads 1      # on a machine busy with other jobs, where two threads on two cores crawl
     python bench.py --device cuda --frames 16 --size 512 --budget 120 --precision 0.002
