@@ -24,9 +24,8 @@ import argparse
 import json
 import math
 import os
-import re
 
-from cli import fail, make_parser
+from cli import device_name, fail, make_parser
 
 QUICK = dict(frames=4, size=64, min_blocks=3, budget=75.0, mem_frames=[16, 64], mem_size=64, clips=6)
 
@@ -51,7 +50,7 @@ def parse_args(argv=None):
     """The flags, --quick's smaller defaults filled in where a flag is not given; a bad one exits with one line. It
     needs no torch (see cli.py): whether CUDA is there is checked in main."""
     parser = make_parser(__doc__)
-    parser.add_argument("--device", help="cpu or cuda[:i] (default: cuda when present, else cpu)")
+    parser.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda when present)")
     parser.add_argument("--threads", type=positive, default=len(os.sched_getaffinity(0)), help="CPU cores to use")
     parser.add_argument("--frames", type=positive, default=16, help="frames per clip for the cost figures")
     parser.add_argument("--size", type=positive, help="frame height and width of the cost figures (CUDA 480, CPU 256)")
@@ -69,8 +68,6 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args = parser.parse_args(argv, argparse.Namespace(**QUICK))  # preset attributes take no defaults
-    if args.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
-        fail(f"--device {args.device}: use cpu or cuda[:i]")
     if args.mem_frames[0] >= args.mem_frames[1]:
         fail(f"--mem-frames {args.mem_frames[0]} {args.mem_frames[1]}: the second must be the longer video")
     return args
@@ -99,9 +96,11 @@ from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from transformers import DetrConfig, Mask2FormerConfig, MaskFormerConfig, SwinConfig  # noqa: E402
 
+import cli  # noqa: E402
 import data  # noqa: E402
-import evaluate  # noqa: E402
 import qshift  # noqa: E402
+from metrics import SegMetrics  # noqa: E402
+from tiny import build_model  # noqa: E402
 
 
 def swin_tiny_config(family="maskformer"):
@@ -212,7 +211,7 @@ def variants(config, device, shifted=SHIFTED):
     """The models compared, as (name, model, against) triples: first the frame-by-frame image model, the baseline,
     against None; then the `shifted` ones, which share its weights, each timed against the model named `against`."""
     torch.manual_seed(0)
-    base = qshift.build_model(config, shift_div=0).to(device)
+    base = build_model(config, shift_div=0).to(device)
     return [(BASE, base, None)] + [(name, base if settings is None else qshift.QShiftSegmenter(base.model, **settings),
                                     against) for name, settings, against in shifted]
 
@@ -272,7 +271,7 @@ def model_cost(models, frames, size, device, amp=False, **timing):
     clock = model_clock(device)
     match_ms = 1e3 * statistics.median(timed(lambda: qshift.match_queries(q), device, clock) for _ in range(10))
     for name, model, _ in models:
-        rows[name]["match_pct"] = 100 * match_ms / rows[name]["forward_ms"] if model.shift_div and model.match else None
+        rows[name]["match_pct"] = 100 * match_ms / rows[name]["forward_ms"] if model.settings.match else None
     return list(rows.values()), match_ms
 
 
@@ -291,7 +290,7 @@ def memory_case(mode, frames, size, config, device, amp=False, settings=None):
     random frames streamed ("stream") or as one clip ("clip"), and return its peak memory above the built model, in
     MiB. amp: bf16 autocast."""
     torch.set_num_threads(1)  # threads change the time, not the memory
-    model = qshift.build_model(config, **(settings or {})).to(device).eval()
+    model = build_model(config, **(settings or {})).to(device).eval()
     gen = torch.Generator().manual_seed(0)
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
@@ -389,7 +388,7 @@ def metrics_speed(blocks=12, num_classes=data.VSPW_NUM_CLASSES, size=(480, 853))
     pred = torch.randint(num_classes, size, generator=gen)
     label = torch.randint(num_classes, size, generator=gen)
     label[torch.rand(size, generator=gen) < 0.1] = data.IGNORE_INDEX
-    metrics, confusion = evaluate.SegMetrics(num_classes), torch.zeros(num_classes**2, dtype=torch.int64)
+    metrics, confusion = SegMetrics(num_classes), torch.zeros(num_classes**2, dtype=torch.int64)
 
     def masked_bincount():
         keep = label != data.IGNORE_INDEX
@@ -565,9 +564,7 @@ def markdown(rep):
 
 def settle_device(args):
     """Fill in what depends on the device: the device, the frame size and bf16 (parse_args runs without torch)."""
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        fail(f"--device {args.device}: CUDA is not available on this machine")
+    args.device = str(cli.device(args.device))  # TF32 on CUDA, as train.py
     cuda = args.device.startswith("cuda")
     args.size = args.size or (480 if cuda else 256)  # on a GPU the paper's size; the CPU would take an hour
     args.amp = cuda if args.amp is None else args.amp  # bf16 as train.py --amp; CPU autocast is slow on most CPUs
@@ -584,9 +581,7 @@ def main(args):
     # spread). The memory figures run in fresh processes with their own setting.
     libc = ctypes.CDLL(None)
     libc.mallopt(-3, 2**30), libc.mallopt(-1, 2**30)
-    transformers.logging.set_verbosity_error()
-    if args.device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as train.py
+    cli.quiet_transformers()
     rep = report(args, *collect(args, swin_tiny_config(), swin_tiny_config("mask2former")))
     print(json.dumps(rep, indent=2) if args.json else markdown(rep))
 

@@ -1,14 +1,21 @@
-"""The command line of train.py, evaluate.py, predict.py and bench.py: one pattern, light enough to run before torch
-loads.
+"""What the scripts (train.py, evaluate.py, predict.py, bench.py, experiments/) share: their command line, the device,
+loading a checkpoint, and reading ahead while the model runs.
 
-Each script reads and checks its flags in `parse_args(argv)` before it imports torch and transformers (2-4 s), so
-that --help and a mistake answer at once; a bad flag or input is one line `error: ...` and exit status 2.
+Each script reads and checks its flags before it imports torch and transformers (2-4 s), so that --help and a
+mistake answer at once: this module loads torch only inside the functions that need it, which run after the flags
+are checked. A bad flag or input is one line `error: ...` and exit status 2, with no traceback.
 """
 import argparse
+import collections
 import json
 import math
+import os
+import re
 import sys
 from pathlib import Path
+
+# -----------------------------------------------------------------------------
+# the command line
 
 
 def fail(message):
@@ -34,6 +41,13 @@ def check_at_least(args, lows):
             fail(f"{flag} {value}: must be at least {low}")
 
 
+def device_name(text):
+    """--device's type: cpu, cuda or cuda:N (whether that GPU is there is checked by `device`, once torch loads)."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text}: use cpu, cuda or cuda:N")
+    return text
+
+
 def count(n, noun):
     """'1 video', '2 videos': n and the noun, plural unless n is 1."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
@@ -43,24 +57,6 @@ def first_line(e):
     """An exception as one line: its type and the first line of its message."""
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-
-
-def check_checkpoint(flag, folder):
-    """fail unless folder is a qshift checkpoint, as QShiftSegmenter.save_pretrained writes it: a config.json with a
-    "qshift" entry (the settings), or, from earlier versions, a qshift.json beside the config. Reads JSON only."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        fail(f"{flag} {folder}: no such folder")
-    config = folder / "config.json"
-    if not config.is_file():
-        fail(f"{flag} {folder}: not a qshift checkpoint (no config.json; train.py writes RUN/best)")
-    try:
-        saved = json.loads(config.read_text())
-    except (OSError, ValueError) as e:
-        fail(f"{flag} {folder}: cannot read {config} ({first_line(e)})")
-    if not (isinstance(saved, dict) and "qshift" in saved) and not (folder / "qshift.json").is_file():
-        fail(f"{flag} {folder}: not a qshift checkpoint (its config.json has no qshift settings, and there is no "
-             f"qshift.json; train.py writes RUN/best)")
 
 
 WORLD = {"hide_run": 1, "speed": 1.0}  # the knobs of the synthetic world that --world sets (data.Synthetic's), defaults
@@ -90,3 +86,117 @@ def parse_world(text):
 def world_name(world):
     """A world's knobs in file names: "" for the default world, "-hide_run3-speed8" for {"hide_run": 3, "speed": 8}."""
     return "".join(f"-{key}{value:g}" for key, value in sorted(world.items()))
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: a local folder, or a Hugging Face hub id
+
+
+def is_local(name):
+    """Whether a --checkpoint or --model names a local path rather than a hub id: it starts with ./, ../, / or ~, or
+    its first component is a folder here (out/nosuch, where out/ exists). A mistyped path then fails at once instead
+    of waiting on the network as a hub id would."""
+    name = str(name)
+    first = Path(name).parts[0] if Path(name).parts else ""
+    return name.startswith(("./", "../", "/", "~")) or os.path.isdir(name) or (first != name and os.path.isdir(first))
+
+
+def check_checkpoint(flag, folder):
+    """fail unless folder is a qshift checkpoint, as QShiftSegmenter.save_pretrained writes it: a config.json with a
+    "qshift" entry (the settings). Reads JSON only."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        fail(f"{flag} {folder}: no such folder")
+    config = folder / "config.json"
+    if not config.is_file():
+        fail(f"{flag} {folder}: not a qshift checkpoint (no config.json; train.py writes RUN/best)")
+    try:
+        saved = json.loads(config.read_text())
+    except (OSError, ValueError) as e:
+        fail(f"{flag} {folder}: cannot read {config} ({first_line(e)})")
+    if not (isinstance(saved, dict) and "qshift" in saved):
+        fail(f"{flag} {folder}: not a qshift checkpoint (its config.json has no qshift settings; train.py writes "
+             f"RUN/best)")
+
+
+def quiet_transformers():
+    """No progress bars and no info messages from transformers: they would cut into ours and make an error more than
+    one line."""
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def load_model(flag, name, **kwargs):
+    """QShiftSegmenter.from_pretrained(name, **kwargs), or one line and exit status 2.
+
+    name: a local folder (see is_local) or a hub id. A hub id found in the Hugging Face cache loads from there without
+    asking the network (offline, HF would retry for half a minute first); a missing one says how to get it."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from qshift import QShiftSegmenter
+    quiet_transformers()
+    if is_local(name):
+        name = Path(name).expanduser()
+        if not (name / "config.json").is_file():
+            fail(f"{flag} {name}: no such folder" if not name.is_dir() else f"{flag} {name}: no config.json in it")
+    else:
+        try:
+            if isinstance(try_to_load_from_cache(name, "config.json"), str):
+                kwargs["local_files_only"] = True
+        except ValueError:  # not a hub id at all: from_pretrained says so
+            pass
+    try:
+        return QShiftSegmenter.from_pretrained(name, **kwargs)
+    except ValueError as e:  # e.g. a setting that does not fit this model (qshift's message names its flag)
+        fail(f"{flag} {name}: {e}")
+    except OSError as e:
+        offline = "" if constants.HF_HUB_OFFLINE else "; offline, HF_HUB_OFFLINE=1 answers at once, not in 30 s"
+        local = is_local(name)
+        fail(f"{flag} {name}: cannot load it ({first_line(e)})" if local else
+             f"{flag} {name}: not in the Hugging Face cache; download it on a connected machine (`hf download "
+             f"{name}`) and copy the cache, or pass a local folder{offline}")
+    except Exception as e:  # a broken checkpoint fails in many ways: json, safetensors, config, shapes
+        fail(f"{flag} {name}: cannot load it ({first_line(e)})")
+
+
+# -----------------------------------------------------------------------------
+# the device, and the model at work
+
+
+def device(name=None):
+    """The torch.device for --device (None: cuda when present, else cpu), with TF32 matmuls on CUDA (Ampere and
+    later; see docs/details.md on precision); fail if that GPU is not here."""
+    import torch
+    dev = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda":
+        if not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count():
+            fail(f"--device {name}: no such CUDA device here")
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return dev
+
+
+def read_ahead(items, pool, ahead):
+    """The items of an iterator, each taken by pool (one thread) `ahead` items before it is needed, so that reading
+    overlaps the model; an error in the thread is raised here, in the caller's."""
+    pending = collections.deque(pool.submit(next, items, None) for _ in range(ahead))
+    while (item := pending.popleft().result()) is not None:
+        pending.append(pool.submit(next, items, None))
+        yield item
+
+
+def segment(model, frames, chunk=8, amp=False, clip_len=None):
+    """(frame, class map (H, W) on the model's device) for frames, dicts that hold the frame's "pixel_values"
+    (3, H, W), in order, through qshift.predict_video: each pair as soon as its map is known; the frames waiting for
+    their maps are a few, whatever the video's length. A causal model runs online, one frame at a time: each map comes
+    as soon as its frame is read."""
+    from qshift import predict_video
+    waiting, chunk = collections.deque(), 1 if model.settings.causal else chunk
+
+    def pixel_values():
+        for frame in frames:
+            waiting.append(frame)
+            yield frame["pixel_values"]
+
+    for pred in predict_video(model, pixel_values(), chunk, amp, clip_len):
+        yield waiting.popleft(), pred

@@ -25,12 +25,10 @@ model's input). --short-side 0 keeps every frame as it is.
 A bad input (a missing, unreadable or corrupt video, an empty folder) stops the run with one line and exit status 2,
 and nothing of it is left behind; the inputs before it are complete. Existing outputs stay unless --overwrite.
 """
-import re
 from pathlib import Path
 
-from cli import check_at_least, check_checkpoint, fail, first_line, make_parser
+from cli import check_at_least, check_checkpoint, device_name, fail, first_line, is_local, make_parser
 
-HUB_ID = r"[\w.-]+/[\w.-]+"  # ORG/NAME
 FOLDER_FPS = 10  # frames per second of the video made from a folder of frames
 
 
@@ -52,12 +50,10 @@ def parse_args(argv=None):
                         "model takes 1, to stay online)")
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+    parser.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda when present)")
     args = parser.parse_args(argv)
     check_at_least(args, {"--short-side": 0, "--chunk": 1})
-    if args.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
-        fail(f"--device {args.device}: use cpu, cuda or cuda:N")
-    if Path(args.checkpoint).exists() or not re.fullmatch(HUB_ID, args.checkpoint):  # a hub id is checked on loading
+    if is_local(args.checkpoint):  # a hub id is checked on loading
         check_checkpoint("--checkpoint", args.checkpoint)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -92,12 +88,11 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-import transformers  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import cli  # noqa: E402
 import data  # noqa: E402
-import evaluate  # noqa: E402
+import pictures  # noqa: E402
 import qshift  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -153,63 +148,8 @@ def model_input(name, rgb, short_side):
             "pixel_values": qshift.frames_to_pixel_values(frame[None])[0]}
 
 
-def read_ahead(frames, pool, ahead):
-    """frames' items, each taken by pool (one thread) `ahead` items before it is needed, so that decoding overlaps
-    the model; an error in the thread is raised here."""
-    pending = collections.deque(pool.submit(next, frames, None) for _ in range(ahead))
-    while (item := pending.popleft().result()) is not None:
-        pending.append(pool.submit(next, frames, None))
-        yield item
-
-
-def segment(model, frames, chunk=8, amp=False):
-    """(frame, class map (h, w) on the model's device) for model_input's frames, in order, through
-    qshift.predict_video: each pair as soon as its map is known. A causal model runs one frame at a time, online."""
-    waiting = collections.deque()  # frames whose maps are still to come: a few, whatever the video's length
-    pixel_values = evaluate._pixel_values(frames, None, waiting)
-    for pred in qshift.predict_video(model, pixel_values, 1 if model.causal else chunk, amp):
-        yield waiting.popleft(), pred
-
-
 # -----------------------------------------------------------------------------
 # writing: the maps as PNGs, the video beside its segmentation
-
-
-LEGEND_LINES = 2  # the video's legend: as many of the classes in view as fit in two lines, those of most pixels
-
-
-class Overlay:
-    """The frames of the output video: overlay(rgb, pred) -> uint8 (H', W', 3), the frame rgb (h, w, 3) beside
-    itself blended with the colours (class_colours) of its map pred (h, w), over a legend (evaluate's) of the classes
-    in view: those of most pixels that fit in LEGEND_LINES lines, in the order of their ids, so that it keeps still
-    from frame to frame; even sides (the video's 4:2:0 colour needs them). Each legend is drawn once and kept: text
-    is what costs, and the classes in view seldom change."""
-
-    def __init__(self, class_names, colours):
-        self.class_names, self.colours, self.font, self.legends = class_names, colours, ImageFont.load_default(), {}
-
-    def legend(self, in_view, width):
-        """The legend of the classes in_view (a tuple, most pixels first) as uint8 (LEGEND_LINES * LEGEND_LINE + 4,
-        width, 3)."""
-        if (in_view, width) not in self.legends:
-            def fitting(classes):
-                return [e for e in evaluate.legend_layout(classes, self.class_names, width, self.font)
-                        if e[3] < LEGEND_LINES * evaluate.LEGEND_LINE]
-            entries = fitting(sorted(c for c, *_ in fitting(in_view)))
-            strip = Image.new("RGB", (width, LEGEND_LINES * evaluate.LEGEND_LINE + 4), "white")
-            evaluate.draw_legend(ImageDraw.Draw(strip), entries, self.colours, 2, self.font)
-            self.legends[in_view, width] = np.asarray(strip)
-        return self.legends[in_view, width]
-
-    def __call__(self, rgb, pred):
-        h, w = pred.shape
-        blend = (rgb.astype(np.uint16) + evaluate.colorize(pred, self.colours)) // 2  # half frame, half classes
-        counts = np.bincount(pred.ravel(), minlength=len(self.class_names))
-        in_view = tuple(int(c) for c in np.argsort(-counts, kind="stable") if counts[c])
-        white = np.full((h, 2, 3), 255, np.uint8)
-        picture = np.concatenate([np.concatenate([rgb, white, blend.astype(np.uint8)], 1),
-                                  self.legend(in_view, 2 * w + 2)])
-        return np.pad(picture, ((0, picture.shape[0] % 2), (0, 0), (0, 0)), constant_values=255)
 
 
 class VideoWriter:
@@ -244,7 +184,7 @@ def write_frame(frame, pred, maps, video, overlay):
     full = torch.from_numpy(pred)[None, None]
     if tuple(frame["size"]) != pred.shape:  # scaled back to the input's size (nearest: class ids)
         full = F.interpolate(full, size=frame["size"], mode="nearest-exact")
-    evaluate.save_prediction(full[0, 0].numpy(), maps / f"{frame['name']}.png", overlay.colours)
+    pictures.save_prediction(full[0, 0].numpy(), maps / f"{frame['name']}.png", overlay.colours)
     video.write(overlay(frame["rgb"], pred))
 
 
@@ -262,15 +202,15 @@ def predict_input(model, path, out, short_side=480, chunk=8, amp=False, overwrit
     video = VideoWriter(tmp_video, fps)
     config = model.model.config
     class_names = [config.id2label[c] for c in range(config.num_labels)]
-    colours = evaluate.class_colours(np.array(config.palette, np.uint8) if getattr(config, "palette", None) else None)
-    overlay = Overlay(class_names, colours)
+    colours = pictures.class_colours(np.array(config.palette, np.uint8) if getattr(config, "palette", None) else None)
+    overlay = pictures.Overlay(class_names, colours)
     n, size = 0, None
     bar = tqdm(total=count, unit="frame", desc=name, leave=False, disable=None)  # a bar on terminals only
     try:
         with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
             decoded = (model_input(frame_name, rgb, short_side) for frame_name, rgb in frames)  # in the reader
             writes = collections.deque()
-            for frame, pred in segment(model, read_ahead(decoded, reader, chunk + 2), chunk, amp):
+            for frame, pred in cli.segment(model, cli.read_ahead(decoded, reader, chunk + 2), chunk, amp):
                 if size is None:
                     size = frame["size"]
                 elif frame["size"] != size:
@@ -309,14 +249,9 @@ def predict_input(model, path, out, short_side=480, chunk=8, amp=False, overwrit
 
 def load_model(checkpoint, device):
     """The checkpoint's QShiftSegmenter on device, in eval mode; one line and exit status 2 if it cannot be."""
-    transformers.logging.set_verbosity_error()  # its loading messages and bars would make an error more than one line
-    transformers.logging.disable_progress_bar()
-    try:
-        model = qshift.QShiftSegmenter.from_pretrained(checkpoint)
-    except Exception as e:  # a broken checkpoint fails in many ways: json, safetensors, config, shapes, the hub
-        fail(f"--checkpoint {checkpoint}: cannot load ({first_line(e)})")
+    model = cli.load_model("--checkpoint", checkpoint)
     config = model.model.config
-    if not qshift.saved_settings(config, checkpoint):  # a hub id's, checked only now that it is loaded
+    if not hasattr(config, "qshift"):  # a hub id's, checked only now that it is loaded
         fail(f"--checkpoint {checkpoint}: not a qshift checkpoint (its config.json has no qshift settings)")
     if config.num_labels > 256:
         fail(f"--checkpoint {checkpoint}: {config.num_labels} classes do not fit 8-bit PNGs")
@@ -325,11 +260,7 @@ def load_model(checkpoint, device):
 
 def main(args):
     """Run the command line that parse_args read."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        fail(f"--device {args.device}: no CUDA device here")
-    if device.type == "cuda":  # as in training
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    device = cli.device(args.device)
     for path in args.inputs:  # each input opened and its first frame read: most bad ones stop the run here
         try:
             frames, _, _ = read_input(path)

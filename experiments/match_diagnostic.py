@@ -28,7 +28,7 @@ the heads make of them: what the matching sees (for a shift-trained checkpoint, 
 Rates pool every adjacent frame pair of every video; the summary is mean ± sample std over the checkpoints (seeds).
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python experiments/match_diagnostic.py \\
-        runs/t1440/seed{0,1,2}/base/last --out experiments/match_diagnostic.md
+        runs/t1440/seed{0,1,2}/base/last --out experiments/match_diagnostic/base.md
 """
 import argparse
 import collections
@@ -42,11 +42,13 @@ import torch.nn.functional as F
 import transformers
 from scipy.optimize import linear_sum_assignment
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: the repository's modules
+sys.path[:0] = [str(Path(__file__).resolve().parents[i]) for i in (1, 0)]  # run from anywhere: the repository's
+# modules, and tables.py beside this script
 import data  # noqa: E402
 import qshift  # noqa: E402
 from cli import check_checkpoint, fail, first_line  # noqa: E402
-from evaluate import _json_safe, _mean_std  # noqa: E402
+from evaluate import _json_safe  # noqa: E402
+from tables import _mean_std  # noqa: E402
 
 MIN_PIXELS = 8  # a query must own this many pixels of an object to cover it (the objects have ~200-800 pixels)
 PAIRINGS = ("Eq. 2 (queries)", "identity", "masks", "oracle")
@@ -218,20 +220,20 @@ def main(argv=None):
     runs, sections = [], []
     for checkpoint in args.checkpoints:
         try:
-            model = qshift.QShiftMaskFormer.from_pretrained(checkpoint, shift_div=0)  # the plain image model
+            model = qshift.QShiftSegmenter.from_pretrained(checkpoint, shift_div=0)  # the plain image model
         except Exception as e:  # a broken checkpoint fails in many ways: json, safetensors, config, shapes
             fail(f"{checkpoint}: cannot load ({first_line(e)})")
         num_labels = model.model.config.num_labels
         if num_labels != dataset.num_classes:
             fail(f"{checkpoint}: {num_labels} classes; the synthetic world has {dataset.num_classes}")
-        trained = qshift.saved_settings(model.model.config, checkpoint)
+        trained = getattr(model.model.config, "qshift", None) or {}  # the settings saved with it; {}: an image model
         counts = diagnose(model, dataset, args.min_pixels, num_videos)
         runs.append({"checkpoint": checkpoint, "trained_with": trained, "rates": rates(counts),
                      "counts": {row: {k: v.tolist() for k, v in cells.items()} for row, cells in counts.items()}})
         pairs = counts[PAIRINGS[0]]
         sizes = ", ".join(f"cue {cue}: {pairs[cue][1]}" for cue in CUES) + \
             f"; same slot: {pairs['object slot'][1]} object queries, {pairs['slot'][1]} in all"
-        sections.append(f"### {checkpoint} (trained with shift_div {trained['shift_div']})\n\n"
+        sections.append(f"### {checkpoint} (trained with shift_div {trained.get('shift_div', 0)})\n\n"
                         + markdown_table([runs[-1]["rates"]]) + f"\nEvery pairing counts the same pairs ({sizes}).\n")
         print(sections[-1], flush=True)
     summary = (f"## Mean ± std over {len(runs)} checkpoints\n\n" + markdown_table([run["rates"] for run in runs])

@@ -1,6 +1,7 @@
 """bench.py at tiny sizes: every figure is measured and reported; the adaptive paired timing on fake runs of known
 time; no timing thresholds (the machine is shared)."""
 import copy
+import dataclasses
 import json
 import math
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 import bench
-import qshift
+from tiny import tiny_config
 
 TINY = ["--frames", "2", "--size", "64", "--min-blocks", "2", "--budget", "0", "--mem-frames", "2", "6", "--mem-size",
         "64", "--clips", "2", "--device", "cpu"]
@@ -98,10 +99,10 @@ def test_drifting_load_and_the_cost_of_switching_cancel_in_each_block(ratio):
 def report():
     """The report of a bench run with a tiny model, tiny clips and 2-frame data clips."""
     args = bench.settle_device(bench.parse_args(TINY + ["--threads", "1"]))
-    config = qshift.tiny_config(5, embed_dim=32)  # backbone maps of 32..256 channels: 1/16 of each is even
+    config = tiny_config(5, embed_dim=32)  # backbone maps of 32..256 channels: 1/16 of each is even
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two threads crawl when other jobs share the two cores
-    figures, models = bench.collect(args, config, qshift.tiny_config(5, embed_dim=32, family="mask2former"),
+    figures, models = bench.collect(args, config, tiny_config(5, embed_dim=32, family="mask2former"),
                                     clip_len=2, metric_blocks=1)
     torch.set_num_threads(threads)
     return bench.report(args, figures, models)
@@ -148,16 +149,16 @@ def test_every_model_gets_speeds_and_ratios_to_the_model_it_is_timed_against(rep
 
 def test_the_control_is_the_baseline_itself_and_reach_3_moves_what_reach_1_does():
     models = {name: (model, against) for name, model, against in
-              bench.variants(qshift.tiny_config(5, embed_dim=32), "cpu")}
+              bench.variants(tiny_config(5, embed_dim=32), "cpu")}
     assert models[bench.CONTROL] == (models[bench.BASE][0], bench.BASE)  # the same object
     reach3, against = models[bench.REACH]
     reach1 = models[against][0]
-    assert reach3.model is reach1.model and reach3.settings() == {**reach1.settings(), "reach": 3}
-    assert reach1.settings()["reach"] == 1 and reach1.settings()["shift_at"] == ["pixels"]
+    assert reach3.model is reach1.model and reach3.settings == dataclasses.replace(reach1.settings, reach=3)
+    assert reach1.settings.reach == 1 and reach1.settings.shift_at == ("pixels",)
 
 
 def test_bf16_autocast_runs_on_the_cpu():  # matching computes its similarities in float32 under autocast
-    models, _ = bench.model_cost(bench.variants(qshift.tiny_config(5), "cpu", bench.SHIFTED[1:2]), 2, 32, "cpu",
+    models, _ = bench.model_cost(bench.variants(tiny_config(5), "cpu", bench.SHIFTED[1:2]), 2, 32, "cpu",
                                  amp=True, budget=0, min_blocks=1)
     assert all(math.isfinite(m["train_step_ms"]) and m["train_step_ms"] > 0 for m in models)
 
@@ -219,11 +220,11 @@ def test_cuda_defaults_are_the_papers_clip_in_bf16():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_cuda_model_cost_and_memory_on_the_device_given():
     device = f"cuda:{torch.cuda.device_count() - 1}"  # with several GPUs, one that is not the current device
-    config = qshift.tiny_config(5, embed_dim=32)
+    config = tiny_config(5, embed_dim=32)
     models, _ = bench.model_cost(bench.variants(config, device), 2, 64, device, amp=True, budget=0, min_blocks=2)
     for model in models:
         assert 0 < model["forward_peak_mib"] < model["train_step_peak_mib"]  # training adds gradients, AdamW state
-    memory = bench.memory(qshift.tiny_config(5), [2, 6], 64, device, amp=True)
+    memory = bench.memory(tiny_config(5), [2, 6], 64, device, amp=True)
     assert all(math.isfinite(value) and value > 0 for value in memory.values())
 
 

@@ -16,7 +16,12 @@ from PIL import Image
 import data
 import evaluate
 import qshift
-from evaluate import SegMetrics, colorize, parse_args, video_consistency
+import pictures
+from evaluate import parse_args
+from metrics import SegMetrics, video_consistency
+from pictures import colorize
+from test_tables import tables
+from tiny import build_model, tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -150,7 +155,7 @@ def synthetic():
 @pytest.fixture(scope="module")
 def tiny_model(synthetic):
     torch.manual_seed(0)
-    return qshift.build_model(qshift.tiny_config(synthetic.num_classes, id2label=synthetic.id2label), 8, True)
+    return build_model(tiny_config(synthetic.num_classes, id2label=synthetic.id2label), 8, True)
 
 
 def test_evaluate_gives_the_whole_clip_predictions_saved_and_drawn(synthetic, tiny_model, tmp_path):
@@ -158,7 +163,7 @@ def test_evaluate_gives_the_whole_clip_predictions_saved_and_drawn(synthetic, ti
     results = evaluate.evaluate(tiny_model, synthetic, "cpu", progress=False, chunk=5,
                                 save_predictions=tmp_path / "pred", visualize=tmp_path / "vis", num_vis=1)
     assert tiny_model.training  # restored for the training loop
-    colours = evaluate.class_colours(synthetic.palette)
+    colours = pictures.class_colours(synthetic.palette)
     maps, labels = [], []
     for v, (video, frames) in enumerate(synthetic.videos):
         clip = synthetic[v]  # the whole video as one clip
@@ -186,7 +191,7 @@ def test_evaluate_gives_the_whole_clip_predictions_saved_and_drawn(synthetic, ti
 
 
 def test_synthetic_pictures_draw_each_class_in_its_own_colour(synthetic):
-    colours = evaluate.class_colours(synthetic.palette)
+    colours = pictures.class_colours(synthetic.palette)
     assert synthetic.class_names == ["background", "red", "green", "blue"]
     background, red, green, blue = colours[:4].astype(int)
     assert background.max() - background.min() < 10 and background.max() < 100  # a dark grey
@@ -267,10 +272,10 @@ def test_the_world_is_read_from_the_run_and_names_the_evaluation(checkpoint, tmp
     for name in ("eval-synthetic-hide_run3-val", "eval-synthetic-val"):  # as evaluations of all videos, for --table
         first2 = json.loads((run / f"{name}-first2.json").read_text())
         (run / f"{name}.json").write_text(json.dumps({**first2, "max_videos": None}))
-    with pytest.raises(SystemExit):  # two worlds evaluated: --table asks which
-        main(["--table", str(run)])
+    with pytest.raises(SystemExit):  # two worlds evaluated: the table asks which
+        tables.main([str(run)])
     assert "choose one with --data, --root, --split and --world" in capsys.readouterr().err
-    main(["--table", str(run), "--world", "hide_run=3"])
+    tables.main([str(run), "--world", "hide_run=3"])
     assert "| hidden d1 | hidden d2 |" in capsys.readouterr().out
 
 
@@ -332,7 +337,7 @@ def test_own_clips_splits_and_data_sets_never_overwrite_each_other(checkpoint, t
           "--device", "cpu"])
     assert (run / "eval-clips-more-clips-val.json").is_file() and (run / "eval-clips-clips-val.json").is_file()
     capsys.readouterr()
-    main(["--table", str(run), "--root", str(tmp_path / "other" / "more-clips")])
+    tables.main([str(run), "--root", str(tmp_path / "other" / "more-clips")])
     assert capsys.readouterr().out.startswith("clips val, whole videos")
 
 
@@ -369,106 +374,6 @@ def test_distributed_evaluation_equals_one_process_exactly(tmp_path):
     saved = {folder: {p.relative_to(tmp_path / folder): p.read_bytes() for p in (tmp_path / folder).rglob("*.png")}
              for folder in ("1", "2")}
     assert len(saved["1"]) == 30 and saved["2"] == saved["1"]  # each rank saved the predictions of its videos
-
-
-# -----------------------------------------------------------------------------
-# the results table
-
-
-def write_run(folder, shift_div, match, miou, pixel_acc, mvc8=0.8, causal=False, config=None, name="eval-val"):
-    """An evaluation as evaluate.py writes it (with a train.py config.json if config is given)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    run = {"checkpoint": str(folder / "best"), "data": "synthetic", "root": None, "split": "val", "clip_len": None,
-           "max_videos": None, "shift_div": shift_div, "match": match, "causal": causal,
-           "channels": 256 // shift_div if shift_div else 0,
-           "results": {"num_videos": 2, "num_frames": 48, "miou": miou, "pixel_acc": pixel_acc, "mvc8": mvc8}}
-    (folder / f"{name}.json").write_text(json.dumps(run))
-    if config is not None:
-        (folder / "config.json").write_text(json.dumps(config))
-    return str(folder)
-
-
-def test_table_has_the_papers_layout_with_mean_and_std_over_seeds(tmp_path, capsys):
-    runs = [write_run(tmp_path / "base0", 0, False, 0.50, 0.90, mvc8=None),
-            write_run(tmp_path / "base1", 0, True, 0.52, 0.92),  # matching means nothing without a shift
-            *(write_run(tmp_path / f"m{seed}", 16, True, miou, 0.93) for seed, miou in enumerate([0.55, 0.56, 0.57])),
-            write_run(tmp_path / "nomatch", 16, False, 0.49, 0.90),
-            write_run(tmp_path / "k128", 128, True, 0.40, 0.88)]
-    main(["--table", *runs, "--out", str(tmp_path / "table.md")])
-    printed = capsys.readouterr().out
-    lines = printed.splitlines()
-    assert lines[2:] == [
-        "| shift fraction | channels | matching | mIoU | pix. acc. | Δ mIoU | Δ pix. acc. | mVC8 | runs |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
-        "| 0 | 0 |  | 51.00 ± 1.41 | 91.00 ± 1.41 |  |  | 80.00 | 2 |",  # mVC8: the one run that has it
-        "| 1/128 | 2 | ✓ | 40.00 | 88.00 | -11.00 | -3.00 | 80.00 | 1 |",
-        "| 1/16 | 16 |  | 49.00 | 90.00 | -2.00 | -1.00 | 80.00 | 1 |",
-        "| 1/16 | 16 | ✓ | 56.00 ± 1.00 | 93.00 ± 0.00 | +5.00 | +2.00 | 80.00 ± 0.00 | 3 |",
-    ]
-    assert (tmp_path / "table.md").read_text() == printed
-
-
-def train_config(**changes):
-    return {"data": "synthetic", "root": None, "shift": 16, "match": True, "causal": False, "model": "tiny",
-            "max_steps": 480, "lr": 5e-4, "seed": 0, "out": "x", "workers": 0, "device": None, **changes}
-
-
-def test_table_never_averages_runs_that_differ_in_more_than_the_seed(tmp_path, capsys):
-    runs = [write_run(tmp_path / "long0", 16, True, 0.60, 0.95, config=train_config(seed=0, out="long0")),
-            write_run(tmp_path / "long1", 16, True, 0.62, 0.95, config=train_config(seed=1, out="long1")),
-            write_run(tmp_path / "short", 16, True, 0.10, 0.50, config=train_config(max_steps=8)),
-            write_run(tmp_path / "base", 0, False, 0.55, 0.90, config=train_config(shift=0, match=False)),
-            write_run(tmp_path / "base8", 0, False, 0.05, 0.40, config=train_config(shift=0, max_steps=8))]
-    main(["--table", *runs])
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[2:] == [
-        "| shift fraction | channels | matching | max_steps | mIoU | pix. acc. | Δ mIoU | Δ pix. acc. | mVC8 | runs |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
-        "| 0 | 0 |  | 8 | 5.00 | 40.00 |  |  | 80.00 | 1 |",
-        "| 0 | 0 |  | 480 | 55.00 | 90.00 |  |  | 80.00 | 1 |",
-        "| 1/16 | 16 | ✓ | 8 | 10.00 | 50.00 | +5.00 | +10.00 | 80.00 | 1 |",  # against the 8-step baseline
-        "| 1/16 | 16 | ✓ | 480 | 61.00 ± 1.41 | 95.00 ± 0.00 | +6.00 | +5.00 | 80.00 ± 0.00 | 2 |",
-    ]
-
-
-def test_table_compares_fine_tunes_of_per_seed_models_and_shows_any_new_setting(tmp_path, capsys):
-    runs = []
-    for seed in (0, 1):  # each seed fine-tunes its own image model: the model paths differ, their settings do not
-        image_model = tmp_path / f"seed{seed}" / "base"
-        (image_model / "last").mkdir(parents=True)
-        (image_model / "config.json").write_text(json.dumps(train_config(seed=seed, shift=0, max_steps=960)))
-        model = str(image_model / "last")
-        for shift_at in ("final", "all"):  # a model setting tables have never heard of: a column of its own
-            folder = tmp_path / f"seed{seed}" / shift_at
-            runs.append(write_run(folder, 16, True, 0.5 + seed / 100 + (shift_at == "all") / 10, 0.9,
-                                  config=train_config(seed=seed, model=model)))
-            run = json.loads((folder / "eval-val.json").read_text())
-            (folder / "eval-val.json").write_text(json.dumps({**run, "shift_at": shift_at}))
-    main(["--table", *runs])
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[2] == "| shift fraction | channels | matching | shift_at | mIoU | pix. acc. | Δ mIoU | Δ pix. acc. " \
-                       "| mVC8 | runs |"
-    assert lines[4:] == ["| 1/16 | 16 | ✓ | all | 60.50 ± 0.71 | 90.00 ± 0.00 | – | – | 80.00 ± 0.00 | 2 |",
-                         "| 1/16 | 16 | ✓ | final | 50.50 ± 0.71 | 90.00 ± 0.00 | – | – | 80.00 ± 0.00 | 2 |"]
-    (tmp_path / "seed1" / "base" / "config.json").write_text(json.dumps(train_config(seed=1, shift=0, max_steps=99)))
-    main(["--table", *runs])  # image models trained for different lengths: no longer one row
-    lines = capsys.readouterr().out.splitlines()
-    assert "| model.max_steps |" in lines[2] and len(lines) == 4 + 4
-
-
-def test_table_picks_the_data_set_every_run_has(tmp_path, capsys):
-    a = write_run(tmp_path / "a", 16, True, 0.5, 0.9, name="eval-synthetic-val")
-    b = write_run(tmp_path / "b", 16, True, 0.7, 0.9, name="eval-synthetic-val")
-    clips = json.loads((tmp_path / "a" / "eval-synthetic-val.json").read_text())
-    (tmp_path / "a" / "eval-clips-val.json").write_text(json.dumps({**clips, "data": "clips"}))
-    main(["--table", a, b])
-    assert "| 60.00 ± 14.14 |" in capsys.readouterr().out  # synthetic, the one both runs have
-    (tmp_path / "b" / "eval-clips-val.json").write_text(json.dumps({**clips, "data": "clips"}))
-    with pytest.raises(SystemExit):
-        main(["--table", a, b])
-    assert "several data sets or splits (clips-val, synthetic-val): choose one with --data" in capsys.readouterr().err
-    main(["--table", a, b, "--data", "clips"])
-    assert "| 50.00 ± 0.00 |" in capsys.readouterr().out
 
 
 # -----------------------------------------------------------------------------
@@ -515,7 +420,7 @@ def test_loading_a_checkpoint_gives_no_backbone_warning_and_only_that_one_is_sil
     transformers.logging.set_verbosity_warning()
     transformers.utils.logging.warning_once.cache_clear()  # it warns once per process
     try:
-        qshift.QShiftMaskFormer.from_pretrained(checkpoint)
+        qshift.QShiftSegmenter.from_pretrained(checkpoint)
         logger.warning("Backbone maskformer-swin is not a supported model and may not be compatible with Mask2Former.")
         logger.warning("Backbone resnet-9000 is not a supported model")  # any other message goes through
     finally:
@@ -536,14 +441,12 @@ def bad_checkpoints(checkpoint, tmp_path_factory):
     (root / "config" / "config.json").write_text("{not json")
     config = json.loads((root / "settings" / "config.json").read_text())
     (root / "settings" / "config.json").write_text(json.dumps({**config, "qshift": [1, 2]}))
-    qshift.build_model(qshift.tiny_config(4), 8, True).model.save_pretrained(root / "old-settings")
-    (root / "old-settings" / "qshift.json").write_text("[1, 2")  # an earlier version's settings file, corrupt
     (root / "no-qshift").mkdir()
-    qshift.build_model(qshift.tiny_config(4), 8, True).model.save_pretrained(root / "image-model")
-    qshift.build_model(qshift.tiny_config(3), 8, True).save_pretrained(root / "three-classes")
+    build_model(tiny_config(4), 8, True).model.save_pretrained(root / "image-model")
+    build_model(tiny_config(3), 8, True).save_pretrained(root / "three-classes")
     (root / "corrupt-run").mkdir()
     (root / "corrupt-run" / "eval-val.json").write_text("{")
-    qshift.build_model(qshift.tiny_config(4), 8, True).save_pretrained(root / "from-run" / "best")
+    build_model(tiny_config(4), 8, True).save_pretrained(root / "from-run" / "best")
     (root / "from-run" / "config.json").write_text("{")
     return root
 
@@ -554,15 +457,14 @@ def bad_checkpoints(checkpoint, tmp_path_factory):
     (["--checkpoint", "{bad}/weights", "--data", "synthetic"], "cannot load"),
     (["--checkpoint", "{bad}/image-model", "--data", "synthetic"], "no qshift settings"),
     (["--checkpoint", "{bad}/config", "--data", "synthetic"], "cannot read"),
-    (["--checkpoint", "{bad}/settings", "--data", "synthetic"], "cannot load"),
-    (["--checkpoint", "{bad}/old-settings", "--data", "synthetic"], "cannot load"),
+    (["--checkpoint", "{bad}/settings", "--data", "synthetic"], "qshift entry is not a JSON object"),
     (["--checkpoint", "{bad}/three-classes", "--data", "synthetic"], "4 classes, but the checkpoint"),
     (["--checkpoint", "{good}", "--data", "synthetic", "--split", "bogus"], "unknown split"),
     (["--checkpoint", "{good}", "--data", "vspw", "--root", "{bad}/missing"], "no such dataset folder"),
     (["--checkpoint", "{good}", "--data", "synthetic", "--clip-len", "0"], "--clip-len 0: must be at least 1"),
     (["--checkpoint", "{good}", "--data", "imagenet"], "invalid choice"),
     (["--checkpoint", "{good}"], "needs --data: no"),
-    (["--checkpoint", "{good}", "--data", "synthetic", "--device", "gpu"], "--device gpu"),
+    (["--checkpoint", "{good}", "--data", "synthetic", "--device", "gpu"], "--device: gpu: use cpu, cuda"),
     (["--checkpoint", "{good}", "--data", "synthetic", "--max-video", "1"], "unrecognized arguments: --max-video"),
     (["--checkpoint", "{good}", "--data", "synthetic", "--vis-frames", "5", "2"], "--vis-frames 5 2: give frames"),
     (["--checkpoint", "{good}", "--data", "synthetic", "--world", "hide=3"], "unknown knob 'hide'"),
@@ -571,10 +473,7 @@ def bad_checkpoints(checkpoint, tmp_path_factory):
      "--world: hide_run 30: 1 x 30 hidden frames"),
     (["--checkpoint", "{good}", "--data", "vspw", "--root", "{bad}", "--world", "hide_run=2"], "only the synthetic"),
     (["--checkpoint", "{bad}/from-run/best"], "cannot read"),
-    (["--data", "synthetic"], "either --checkpoint"),
-    (["--table", "{bad}/missing"], "no evaluation"),
-    (["--table", "{bad}/corrupt-run"], "cannot read"),
-    (["--table", "{bad}/corrupt-run", "--out", "{bad}/missing/table.md"], "--out"),
+    (["--data", "synthetic"], "--checkpoint: give"),
 ])
 def test_bad_input_is_one_line_and_exit_status_2(args, message, bad_checkpoints, checkpoint, capfd):
     args = [a.format(bad=bad_checkpoints, good=checkpoint) for a in args]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import qshift
+from tiny import build_model, tiny_config
 
 _spec = importlib.util.spec_from_file_location(
     "match_diagnostic", Path(__file__).resolve().parent.parent / "experiments" / "match_diagnostic.py")
@@ -108,7 +109,7 @@ def test_owner_kept_counts_by_hand():
 
 def test_script_on_a_tiny_model(tmp_path, capsys):
     checkpoint = tmp_path / "tiny"
-    qshift.build_model(qshift.tiny_config(4), shift_div=8).save_pretrained(checkpoint)  # the synthetic 4 classes
+    build_model(tiny_config(4), shift_div=8).save_pretrained(checkpoint)  # the synthetic 4 classes
     out = tmp_path / "report.json"
     md.main([str(checkpoint), "--max-videos", "1", "--out", str(out)])
     report = json.loads(out.read_text())

@@ -6,10 +6,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import cli
 import data
-import evaluate
+import pictures
 import predict
 import qshift
+from tiny import build_model, tiny_config
 
 T = 12  # frames of the test video
 
@@ -26,7 +28,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     names = {0: "background", 1: "red", 2: "green", 3: "blue"}
     path = tmp_path_factory.mktemp("run") / "best"
-    qshift.build_model(qshift.tiny_config(4, id2label=names), 8, True).save_pretrained(path)
+    build_model(tiny_config(4, id2label=names), 8, True).save_pretrained(path)
     return path
 
 
@@ -111,9 +113,9 @@ def test_a_causal_model_is_online_each_map_comes_once_its_frame_is_read(frames):
             yield predict.model_input(f"{t}", frame, 0)
 
     for causal, chunk, lookahead in ((True, 8, 0), (False, 1, 1)):  # causal: one frame at a time, whatever chunk
-        model = qshift.build_model(qshift.tiny_config(4), 8, True, causal).eval()
+        model = build_model(tiny_config(4), 8, True, causal).eval()
         read.clear()
-        for t, (frame, pred) in enumerate(predict.segment(model, model_inputs(), chunk)):
+        for t, (frame, pred) in enumerate(cli.segment(model, model_inputs(), chunk)):
             assert frame["name"] == f"{t}" and pred.shape == (64, 96)
             assert len(read) == min(T, t + 1 + lookahead)  # a bidirectional model waits for frame t+1
 
@@ -128,7 +130,7 @@ def bad(checkpoint, video, tmp_path_factory):
     for t in range(4):
         Image.new("RGB", (32, 32), (t * 40, 0, 0)).save(root / "broken-frame" / f"{t}.png")
     (root / "broken-frame" / "2.png").write_bytes(b"\x89PNG not really")
-    qshift.build_model(qshift.tiny_config(4), 8, True).model.save_pretrained(root / "image-model")
+    build_model(tiny_config(4), 8, True).model.save_pretrained(root / "image-model")
     (root / "taken").mkdir()
     (root / "taken" / "synthetic.mp4").write_text("keep me")
     (root / "synthetic").mkdir()  # a folder of the video's name
@@ -144,11 +146,11 @@ def bad(checkpoint, video, tmp_path_factory):
     (["{video}", "{bad}/missing.mp4"], "missing.mp4: no such video file or folder"),
     (["{video}", "--checkpoint", "{bad}/missing"], "--checkpoint {bad}/missing: no such folder"),
     (["{video}", "--checkpoint", "{bad}/image-model"], "no qshift settings"),
-    (["{video}", "--checkpoint", "org/not-in-the-cache"], "cannot load"),
+    (["{video}", "--checkpoint", "org/not-in-the-cache"], "not in the Hugging Face cache"),
     (["{video}", "{bad}/synthetic"], "would both write"),
     (["{video}", "--out", "{bad}/taken"], "synthetic.mp4 exists"),
     (["{video}", "--short-side", "-1"], "--short-side -1: must be at least 0"),
-    (["{video}", "--device", "tpu"], "--device tpu"),
+    (["{video}", "--device", "tpu"], "--device: tpu: use cpu, cuda"),
 ])
 def test_bad_input_is_one_line_exit_status_2_and_nothing_written(argv, message, bad, checkpoint, video, capfd):
     out = bad / "out"
@@ -192,7 +194,7 @@ def test_the_checkpoints_class_colours_colour_the_maps(video, checkpoint, tmp_pa
 
 def test_the_videos_legend_keeps_its_size_and_its_order_whatever_is_in_view():
     names = [f"a class with a long name {c}" for c in range(30)]
-    overlay = predict.Overlay(names, evaluate.class_colours())
+    overlay = pictures.Overlay(names, pictures.class_colours())
     rgb = np.zeros((40, 60, 3), np.uint8)
     many = np.arange(40 * 60).reshape(40, 60) % 30  # 30 classes in view: more than two lines hold
     assert overlay(rgb, many).shape == overlay(rgb, np.zeros((40, 60), np.int64)).shape == (40 + 36, 122, 3)

@@ -1,7 +1,8 @@
 """qshift.py against hand-computed cases, brute force and Hugging Face's own MaskFormer."""
 import itertools
 import json
-from pathlib import Path
+import re
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -9,10 +10,10 @@ import torch
 from transformers import Mask2FormerImageProcessor, MaskFormerImageProcessor
 from transformers.models.maskformer.modeling_maskformer import MaskFormerForInstanceSegmentationOutput
 
-import qshift
 from qshift import FAMILIES as FAMILY_CLASSES
-from qshift import (QShiftMaskFormer, QShiftSegmenter, build_model, frames_to_pixel_values, match_queries,
-                    predict_video, semantic_segmentation, shift_queries, stream_logits, temporal_shift, tiny_config)
+from qshift import (QShiftSegmenter, Settings, frames_to_pixel_values, match_queries, predict_video,
+                    semantic_segmentation, shift_queries, stream_logits, temporal_shift)
+from tiny import build_model, tiny_config
 
 # -----------------------------------------------------------------------------
 # temporal_shift (Eq. 1)
@@ -57,7 +58,7 @@ def test_causal_shift_takes_every_shifted_channel_from_the_past():
                          [(-1, False), (3, False), (256, False), (256, True), (24, False), (32, False)])
 def test_shift_rejects_invalid_fractions(shift_div, causal):
     channels = 96 if shift_div == 32 else 256  # 96 / 32 = 3 channels: odd, cannot be split between t-1 and t+1
-    with pytest.raises(ValueError, match=f"shift_div {shift_div}: 1/{shift_div} of the {channels} query channels"):
+    with pytest.raises(ValueError, match=rf"shift_div {shift_div} \(--shift\): 1/{shift_div} of the {channels} query "):
         temporal_shift(torch.randn(1, 2, 3, channels), shift_div, causal)
 
 
@@ -100,9 +101,9 @@ def test_reach_one_is_the_papers_shift_and_reach_moves_no_more_channels():
 
 
 @pytest.mark.parametrize("reach,causal,message", [
-    (3, False, "reach 3: 1/8 of the 32 query channels shifts 2 each way"),
-    (5, True, "reach 5: 1/8 of the 32 query channels shifts 4 from the past"),
-    (0, False, "reach 0: "), (1.5, False, "reach 1.5: ")])
+    (3, False, r"reach 3 \(--reach\): 1/8 of the 32 query channels shifts 2 each way"),
+    (5, True, r"reach 5 \(--reach\): 1/8 of the 32 query channels shifts 4 from the past"),
+    (0, False, r"reach 0 \(--reach\): "), (1.5, False, r"reach 1.5 \(--reach\): ")])
 def test_reach_that_leaves_an_offset_without_a_channel_is_refused(reach, causal, message):
     with pytest.raises(ValueError, match=message):
         temporal_shift(torch.randn(1, 4, 2, 32), 8, causal, reach=reach)
@@ -312,9 +313,9 @@ def test_matching_by_masks_pairs_the_unshifted_queries_predicted_masks(family):
 
 
 def test_matching_is_recorded_off_when_the_queries_are_not_shifted():
-    assert tiny_model(shift_div=4, shift_at="pixels").settings() == \
-        {"shift_div": 4, "match": False, "causal": False, "shift_at": ["pixels"], "match_by": "queries", "reach": 1}
-    assert tiny_model(shift_div=0).settings()["match"] is False
+    assert asdict(tiny_model(shift_div=4, shift_at="pixels").settings) == \
+        {"shift_div": 4, "match": False, "causal": False, "shift_at": ("pixels",), "match_by": "queries", "reach": 1}
+    assert tiny_model(shift_div=0).settings.match is False
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -322,105 +323,21 @@ def test_save_and_load_round_trip(tmp_path, family):
     model = tiny_model(shift_div=8, match=True, causal=True, family=family, shift_at=("queries", "pixels"),
                        match_by="masks", reach=2)
     model.save_pretrained(tmp_path)
-    loaded = QShiftMaskFormer.from_pretrained(tmp_path).eval()
-    assert type(loaded.model) is type(model.model) and loaded.settings() == model.settings()
+    loaded = QShiftSegmenter.from_pretrained(tmp_path).eval()
+    assert type(loaded.model) is type(model.model) and loaded.settings == model.settings
     x = video(3)[None]
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).masks_queries_logits, model(x).masks_queries_logits, atol=0, rtol=0)
-    assert QShiftSegmenter.from_pretrained(tmp_path, shift_div=4, shift_at=["pixels"], reach=3).settings() == \
-        {"shift_div": 4, "match": False, "causal": True, "shift_at": ["pixels"], "match_by": "masks", "reach": 3}
+    assert asdict(QShiftSegmenter.from_pretrained(tmp_path, shift_div=4, shift_at=["pixels"], reach=3).settings) == \
+        {"shift_div": 4, "match": False, "causal": True, "shift_at": ("pixels",), "match_by": "masks", "reach": 3}
 
 
-def test_settings_saved_before_placements_mean_the_papers(tmp_path):
-    tiny_model(shift_div=8).model.save_pretrained(tmp_path)
-    (tmp_path / "qshift.json").write_text('{"shift_div": 8, "match": true, "causal": false}')
-    assert QShiftSegmenter.from_pretrained(tmp_path).settings() == \
-        {"shift_div": 8, "match": True, "causal": False, "shift_at": ["queries"], "match_by": "queries", "reach": 1}
-
-
-def test_save_pretrained_keeps_the_settings_in_config_json_and_writes_the_image_processor(tmp_path):
-    model = tiny_model(shift_div=8, causal=True)
+def test_save_pretrained_keeps_the_settings_in_config_json(tmp_path):
+    model = tiny_model(shift_div=8, causal=True, shift_at="queries,pixels")
     model.save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["qshift"] == model.settings()
-    assert not (tmp_path / "qshift.json").exists()  # config.json alone carries them
-    processor = json.loads((tmp_path / "preprocessor_config.json").read_text())
-    assert processor["image_processor_type"] == "MaskFormerImageProcessor" and processor["do_resize"] is False
-
-
-def test_a_checkpoint_of_an_earlier_version_with_only_a_qshift_json_loads_its_settings(tmp_path):
-    model = tiny_model(shift_div=8, causal=True, shift_at=("queries", "pixels"), match_by="masks")
-    model.model.save_pretrained(tmp_path)  # the HF model alone, as earlier versions wrote it, beside a qshift.json
-    (tmp_path / "qshift.json").write_text(json.dumps(model.settings()))
-    assert "qshift" not in json.loads((tmp_path / "config.json").read_text())
-    assert QShiftSegmenter.from_pretrained(tmp_path).settings() == model.settings()
-
-
-def hub_cache(cache, model, repo_id, revision="4b825dc642cb6eb9a060e54bf8d69288fbee4904"):
-    """Lay save_pretrained's files out as the Hugging Face cache holds a downloaded repo: models--ORG--NAME/
-    snapshots/REV/<files> and refs/main naming REV."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    model.save_pretrained(repo / "snapshots" / revision)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
-
-
-def test_a_model_shared_on_the_hub_comes_back_with_every_setting_its_class_names_and_image_processor(tmp_path):
-    import huggingface_hub
-    from transformers import AutoImageProcessor
-    assert huggingface_hub.constants.HF_HUB_OFFLINE  # conftest: no network, the cache alone
-    names = {0: "sky", 1: "road", 2: "car", 3: "person", 4: "tree"}
-    models = {  # between them, every setting away from its default
-        "org/tiny-maskformer": tiny_model(8, True, True, shift_at=("queries", "pixels"), match_by="masks", reach=2),
-        "org/tiny-mask2former": tiny_model(4, False, False, family="mask2former", shift_at=("backbone", "queries"))}
-    defaults = QShiftSegmenter(tiny_model().model).settings()
-    for key in defaults:
-        assert any(model.settings()[key] != defaults[key] for model in models.values()), key
-    x = video(3)
-    for repo_id, model in models.items():
-        model.model.config.id2label, model.model.config.label2id = names, {n: i for i, n in names.items()}
-        hub_cache(tmp_path, model, repo_id)
-        loaded = QShiftSegmenter.from_pretrained(repo_id, cache_dir=tmp_path).eval()
-        assert loaded.settings() == model.settings() and loaded.model.config.id2label == names
-        with torch.no_grad():
-            assert torch.equal(loaded(x[None]).masks_queries_logits, model(x[None]).masks_queries_logits)
-            # plain transformers loads the same repo, every weight in place: the image model
-            hf, info = FAMILY_CLASSES[model.family].hf_class.from_pretrained(repo_id, cache_dir=tmp_path,
-                                                                             output_loading_info=True)
-            assert not (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"])
-            assert torch.equal(hf.eval()(x).masks_queries_logits, model.model(x).masks_queries_logits)
-        frame = np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8)
-        processor = AutoImageProcessor.from_pretrained(repo_id, cache_dir=tmp_path)
-        torch.testing.assert_close(processor(frame, return_tensors="pt")["pixel_values"],
-                                   frames_to_pixel_values(frame[None]), atol=1e-5, rtol=0)
-    with pytest.raises(OSError, match="not in the Hugging Face cache"):
-        QShiftSegmenter.from_pretrained("org/not-cached", cache_dir=tmp_path)
-
-
-def test_push_to_hub_uploads_the_checkpoint_with_a_model_card(tmp_path, monkeypatch):
-    uploaded, created = {}, []
-    monkeypatch.setattr(qshift.HfApi, "create_repo", lambda self, repo_id, **kwargs: created.append(repo_id))
-
-    def upload_folder(self, repo_id, folder_path, commit_message):  # keeps what would go up: the folder is temporary
-        uploaded.update({p.name: p.read_bytes() for p in Path(folder_path).iterdir()})
-        return f"commit to {repo_id}"
-
-    monkeypatch.setattr(qshift.HfApi, "upload_folder", upload_folder)
-    model = tiny_model(8, causal=True)
-    model.model.config.id2label = {i: name for i, name in enumerate(["sky", "road", "car", "person", "tree"])}
-    assert model.push_to_hub("org/tiny", data="synthetic", scores={"mIoU": 51.25}) == "commit to org/tiny"
-    assert created == ["org/tiny"]
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= set(uploaded)
-    card = uploaded["README.md"].decode()
-    for key, value in model.settings().items():
-        assert f"| {key} | {json.dumps(value)} |" in card
-    for text in ('QShiftSegmenter.from_pretrained("org/tiny")', 'MaskFormerForInstanceSegmentation.from_pretrained(',
-                 'AutoImageProcessor.from_pretrained("org/tiny")', "Trained on synthetic", "| 51.25 |", "4 tree"):
-        assert text in card, text
-    folder = tmp_path / "uploaded"
-    folder.mkdir()
-    for name, content in uploaded.items():
-        (folder / name).write_bytes(content)
-    assert QShiftSegmenter.from_pretrained(folder).settings() == model.settings()
+    assert json.loads((tmp_path / "config.json").read_text())["qshift"] == \
+        {"shift_div": 8, "match": True, "causal": True, "shift_at": ["queries", "pixels"], "match_by": "queries",
+         "reach": 1}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -430,8 +347,8 @@ def test_load_a_plain_hf_directory_with_new_labels(tmp_path, family):
     hf.save_pretrained(tmp_path)
     names = {i: f"thing{i}" for i in range(3)}
     model = QShiftSegmenter.from_pretrained(tmp_path, num_labels=3, id2label=names).eval()
-    assert model.settings() == {"shift_div": 16, "match": True, "causal": False, "shift_at": ["queries"],
-                                "match_by": "queries", "reach": 1}  # the paper's setting
+    assert model.settings == Settings() and asdict(Settings()) == {  # the paper's setting
+        "shift_div": 16, "match": True, "causal": False, "shift_at": ("queries",), "match_by": "queries", "reach": 1}
     assert model.family == family and model.model.config.num_labels == 3 and model.model.config.id2label[2] == "thing2"
     assert model.model.class_predictor.out_features == 4
     backbone = next(k for k in hf.state_dict() if k.endswith("patch_embeddings.projection.weight"))
@@ -440,28 +357,25 @@ def test_load_a_plain_hf_directory_with_new_labels(tmp_path, family):
         assert model(torch.randn(1, 2, 3, 64, 96)).class_queries_logits.shape == (2, 20, 4)
 
 
-def test_missing_checkpoint_says_how_to_get_it(tmp_path):
-    with pytest.raises(OSError, match="download it on a connected machine") as e:
-        QShiftSegmenter.from_pretrained("facebook/no-such-maskformer-here")
-    assert "\n" not in str(e.value)
-    with pytest.raises(OSError, match="pass a local directory"):
-        QShiftSegmenter.from_pretrained(tmp_path / "missing")
-
-
 @pytest.mark.parametrize("shift_at,message", [
-    ("queries", "shift_div 128: 1/128 of the 64 query channels"),  # tiny_config's queries: C = 64
-    ("pixels", "shift_div 32: 1/32 of the 32 pixel-embedding channels"),
-    ("backbone", "shift_div 16: 1/16 of the 16 backbone feature-map channels")])  # the first of 16/32/64/128
+    ("queries", "shift_div 128 (--shift): 1/128 of the 64 query channels"),  # tiny_config's queries: C = 64
+    ("pixels", "shift_div 32 (--shift): 1/32 of the 32 pixel-embedding channels"),
+    ("backbone", "shift_div 16 (--shift): 1/16 of the 16 backbone feature-map channels")])  # the first of 16..128
 def test_shift_a_placement_cannot_take_names_its_channels(shift_at, message):
-    with pytest.raises(ValueError, match=message):
-        tiny_model(shift_div=int(message.split()[1][:-1]), shift_at=shift_at)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tiny_model(shift_div=int(message.split()[1]), shift_at=shift_at)
 
 
-def test_unknown_settings_are_refused():
-    with pytest.raises(ValueError, match="shift_at decoder"):
-        tiny_model(shift_at="decoder")
-    with pytest.raises(ValueError, match="match_by boxes"):
-        tiny_model(match_by="boxes")
+def test_bad_settings_are_refused_naming_the_setting_and_its_flag():
+    for settings, message in [({"shift_at": "decoder"}, r"shift_at decoder \(--shift-at\): choose one or more of"),
+                              ({"shift_at": "queries,queries"}, r"shift_at queries,queries \(--shift-at\)"),
+                              ({"match_by": "boxes"}, r"match_by boxes \(--match-by\): choose queries or masks"),
+                              ({"shift_div": -8}, r"shift_div -8 \(--shift\): must be a whole number of at least 0"),
+                              ({"reach": 0}, r"reach 0 \(--reach\): must be a whole number of at least 1")]:
+        with pytest.raises(ValueError, match=message):
+            Settings(**settings)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'shift'"):
+        Settings(shift=8)
 
 
 # -----------------------------------------------------------------------------
