@@ -54,6 +54,10 @@ queries 16 no-match
 queries 8 no-match
 queries 8 match
 queries 4 no-match"}
+for dir in "$OUT" "$RESULTS"; do  # both end up in the kept config.json and eval files: no machine's absolute path
+  case "$dir" in /*) echo "synthetic_table.sh: OUT and RESULTS must be relative to the project root: $dir" >&2; exit 2;;
+  esac
+done
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
 start=$(date +%s)
@@ -95,5 +99,5 @@ echo "image models done in $(( ($(date +%s) - start) / 60 )) min"
 while read -r row; do
   for seed in $SEEDS; do echo "$seed $row"; done
 done <<< "$ROWS" | xargs -P "$JOBS" -L1 bash -c 'finetune $0 $1 $2 $3 $4 $5'
-python evaluate.py --table "$RESULTS"/seed*/*shift*/ --out "$RESULTS/table.md"
+python experiments/tables.py "$RESULTS"/seed*/*shift*/ --out "$RESULTS/table.md"
 echo "all done in $(( ($(date +%s) - start) / 60 )) min"
