@@ -308,7 +308,7 @@ def memory_case(mode, frames, size, config, device, amp=False, settings=None):
     with torch.no_grad():
         if mode == "stream":  # frames made one at a time, as a video file is read
             video = (torch.randn(3, size, size, generator=gen) for _ in range(frames))
-            for _ in qshift.predict_video(model, video, amp=amp):
+            for _ in qshift.predict_video(model, video, amp=torch.bfloat16 if amp else None):
                 pass
         else:
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):

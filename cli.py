@@ -176,6 +176,16 @@ def device(name=None):
     return dev
 
 
+def amp_dtype(amp, device):
+    """train.py's --amp (off, auto, bf16, fp16) on device as an autocast dtype, or None. auto takes bf16 where the
+    device computes it natively (CPUs, GPUs from Ampere on), else fp16, which needs its loss scaled (GradScaler)."""
+    import torch
+    if amp == "auto":
+        native = device.type != "cuda" or torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native else torch.float16
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
 def read_ahead(items, pool, ahead):
     """The items of an iterator, each taken by pool (one thread) `ahead` items before it is needed, so that reading
     overlaps the model; an error in the thread is raised here, in the caller's."""
@@ -185,7 +195,7 @@ def read_ahead(items, pool, ahead):
         yield item
 
 
-def segment(model, frames, chunk=8, amp=False, clip_len=None):
+def segment(model, frames, chunk=8, amp=None, clip_len=None):
     """(frame, class map (H, W) on the model's device) for frames, dicts that hold the frame's "pixel_values"
     (3, H, W), in order, through qshift.predict_video: each pair as soon as its map is known; the frames waiting for
     their maps are a few, whatever the video's length. A causal model runs online, one frame at a time: each map comes

@@ -122,16 +122,16 @@ VIS_FRAMES = 6  # rows of a video's picture: frames spread evenly over the video
 
 
 @torch.no_grad()
-def evaluate(model, dataset, device=None, clip_len=None, amp=False, progress=True, save_predictions=None,
+def evaluate(model, dataset, device=None, clip_len=None, amp=None, progress=True, save_predictions=None,
              visualize=None, num_vis=4, chunk=8, max_videos=None, vis_frames=None):
     """Run `model` on every video of `dataset` (one built with clip_len=None; max_videos: the first ones only) and
     score it: returns metrics.Scores.results.
 
     Whole videos run as one clip each (memory bounded by a few chunks of frames, see qshift.stream_logits), or as
     independent clips of clip_len frames. device: where the model and metrics run (default: the model's device);
-    amp: bf16 autocast. save_predictions: a folder for DIR/<video>/<frame>.png in raw ids; visualize: a folder for
-    <video>.png pictures of the first num_vis videos (vis_frames (a, b): of its frames a..b, else of 6 spread over
-    it). Frames are read and PNGs written by two threads while the model runs. The model's train/eval mode is
+    amp: an autocast dtype (torch.bfloat16) or None. save_predictions: a folder for DIR/<video>/<frame>.png in raw
+    ids; visualize: a folder for <video>.png pictures of the first num_vis videos (vis_frames (a, b): of its frames
+    a..b, else of 6 spread over it). Frames are read and PNGs written by two threads while the model runs. The model's train/eval mode is
     restored afterwards.
 
     Distributed (torch.distributed initialised, e.g. train.py under torchrun), every rank must call it: each scores
@@ -253,7 +253,8 @@ def main(args):
         fail(f"--data {args.data}: {dataset.num_classes} classes, but the checkpoint {checkpoint} has {num_labels}")
     device = cli.device(args.device)
     try:
-        results = evaluate(model, dataset, device, args.clip_len, args.amp, save_predictions=args.save_predictions,
+        amp = torch.bfloat16 if args.amp else None
+        results = evaluate(model, dataset, device, args.clip_len, amp, save_predictions=args.save_predictions,
                            visualize=args.visualize, num_vis=args.num_vis, chunk=args.chunk, max_videos=args.max_videos,
                            vis_frames=args.vis_frames)
     except data.DataError as e:  # a bad frame file is found only when it is read

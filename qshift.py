@@ -8,14 +8,13 @@ segment, which feed the class and mask heads (Sec. 3.1). To make the image model
 shifted to the neighbouring frames, as TSM does for CNN features (Sec. 3.2, Eq. 1); as query i of frame t need not be
 the segment of query i of frame t-1, each frame's queries are first matched to the previous frame's by cosine
 similarity and the Hungarian algorithm (Sec. 3.3, Eq. 2). The pretrained weights are reused as they are: with the
-shift off, QShiftSegmenter is exactly the image model run frame by frame. `shift_at` picks where a shift acts:
+shift off, QShiftSegmenter is exactly the image model run frame by frame. Copy this file into your project (it needs
+torch, scipy and transformers). `shift_at` picks where a shift acts; the last three lines are its use in short:
 
     pixel_values (B, T, 3, H, W) -> backbone per frame -> feature maps          <- "backbone": every feature map
         -> pixel decoder, transformer decoder -> queries (B*T, Q, C)           <- "queries": match, shift (the paper)
                                               -> pixel embeddings (B*T, C', H/4, W/4)  <- "pixels"
         -> class and mask heads -> class logits (B*T, Q, L+1), mask logits (B*T, Q, H/4, W/4)
-
-Copy this file into your project; it needs torch, scipy and transformers. In short:
 
     model = QShiftSegmenter.from_pretrained("RUN/best" or a hub id).eval()   # settings from config.json's "qshift"
     pixel_values = frames_to_pixel_values(frames)          # uint8 (T, H, W, 3) -> normalised float (T, 3, H, W)
@@ -54,8 +53,7 @@ def frames_to_pixel_values(frames):
     frames = torch.as_tensor(frames)
     if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 RGB of shape (T, H, W, 3), not {frames.dtype} {tuple(frames.shape)}")
-    mean255 = torch.tensor(MEAN, device=frames.device).view(3, 1, 1) * 255
-    std255 = torch.tensor(STD, device=frames.device).view(3, 1, 1) * 255
+    mean255, std255 = (torch.tensor(v, device=frames.device).view(3, 1, 1) * 255 for v in (MEAN, STD))
     return frames.permute(0, 3, 1, 2).float().sub_(mean255).div_(std255)  # (T, 3, H, W)
 
 # -----------------------------------------------------------------------------
@@ -75,9 +73,9 @@ def check_shift_div(channels, shift_div, causal=False, what="query", reach=1):
                         f"number that cannot be split evenly between the previous and the next frame")
     per_way = n if causal else n // 2
     if type(reach) is not int or not 1 <= reach <= per_way:
-        way = "from the past" if causal else "each way"
-        Settings.refuse("reach", reach, f"1/{shift_div} of the {channels} {what} channels shifts {per_way} {way}, "
-                        f"which cannot give each of {reach} frame offsets a channel (reach must be 1..{per_way})")
+        Settings.refuse("reach", reach, f"1/{shift_div} of the {channels} {what} channels shifts {per_way} "
+                        f"{'from the past' if causal else 'each way'}, which cannot give each of {reach} frame "
+                        f"offsets a channel (reach must be 1..{per_way})")
 
 
 def _from_neighbour(x, step):
@@ -139,7 +137,8 @@ def match_queries(q):
             partner = np.empty(Q, dtype=np.int64)
             partner[cols] = rows  # partner[j]: the query of frame t matched to query j of frame t-1
             perm[b, t] = partner[perm[b, t - 1]]
-    return torch.from_numpy(perm).to(q.device)
+    perm = torch.from_numpy(perm)  # back without a wait on CUDA: from page-locked memory, not blocking
+    return (perm.pin_memory() if q.is_cuda else perm).to(q.device, non_blocking=True)
 
 
 def shift_queries(q, shift_div, match=True, causal=False, match_on=None, reach=1):
@@ -401,21 +400,22 @@ def _sliding(batches, shift, causal, reach=1):
 
 
 @torch.no_grad()
-def stream_logits(model, frames, chunk=8, amp=False):
+def stream_logits(model, frames, chunk=8, amp=None):
     """The model's logits for one clip of any length, streamed in memory bounded by a few chunks of frames.
 
     frames: iterable of pixel_values (3, H, W). Yields (class_logits (n, Q, L+1), mask_logits (n, Q, H/4, W/4)) in
     float32 for the next n frames, equal to the model's output on the whole clip. The backbone runs `chunk` frames
     at a time; each shift in series keeps `reach` frames of context each side (the past only when causal), so frame
-    t waits for frame t+r (t+2r with backbone and a later placement). amp: bf16 autocast.
+    t waits for frame t+r (t+2r with backbone and a later placement). amp: an autocast dtype (torch.bfloat16) or None.
     """
     device, frames = next(model.parameters()).device, iter(frames)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+    autocast, pin = torch.autocast(device.type, dtype=amp, enabled=amp is not None), device.type == "cuda"
 
     def features():  # backbone maps of `chunk` frames at a time; never yield inside autocast: it would leak out
         while batch := list(itertools.islice(frames, chunk)):
+            batch = torch.stack(batch)  # pinned, the copy to the GPU does not wait for it
             with autocast:
-                maps = model.backbone(torch.stack(batch).to(device))
+                maps = model.backbone((batch.pin_memory() if pin else batch).to(device, non_blocking=True))
             yield maps
 
     def decoded(batches):
@@ -438,7 +438,7 @@ def stream_logits(model, frames, chunk=8, amp=False):
 
 
 @torch.no_grad()
-def predict_video(model, frames, chunk=8, amp=False, clip_len=None):
+def predict_video(model, frames, chunk=8, amp=None, clip_len=None):
     """Per-frame class maps of one video, streamed: pixel_values (3, H, W) in, class maps (H, W) int64 out on the
     model's device, those of the whole video run as one clip (stream_logits). clip_len=T runs independent clips of T
     frames instead, with zeros shifted in at their ends as in training. A causal model with chunk=1 runs online."""

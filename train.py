@@ -19,6 +19,7 @@ a folder readable by evaluate.py and QShiftSegmenter.from_pretrained, plus train
 train on ROOT/train.txt's videos (default: all but those of ROOT/val.txt) and validate on ROOT/val.txt's, if any.
 """
 import argparse
+import atexit
 import datetime
 import json
 import math
@@ -40,6 +41,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import cli
+import matcher
 from cli import fail, first_line
 from data import DataError, build_dataset, collate
 from evaluate import evaluate
@@ -58,7 +60,7 @@ PRESETS = {  # clip_len frames per clip; batch_size clips per step (per GPU); cr
     "synthetic": dict(clip_len=8, batch_size=2, lr=5e-4, epochs=10, crop=None, model="tiny", workers=0),
 }
 DEFAULTS = dict(root=None, model="facebook/maskformer-swin-tiny-ade", world={}, weight_decay=0.05, warmup=100,
-                grad_clip=0.1, max_steps=0, out="out", seed=0, workers=4, amp=False, eval_every=0, val_videos=0,
+                grad_clip=0.1, max_steps=0, out="out", seed=0, workers=4, amp="off", eval_every=0, val_videos=0,
                 log_every=10, min_frames=32, device=None)
 TINY = {"tiny": "maskformer", "tiny-mask2former": "mask2former"}  # --model: small random models (tiny.py)
 
@@ -105,7 +107,9 @@ parser.add_argument("--stop-at", type=int, help="save and exit after this step, 
                     "goes on")
 parser.add_argument("--seed", type=int, help="(0)")
 parser.add_argument("--workers", type=int, help="DataLoader workers, at most the cores there are")
-parser.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast on CUDA")
+parser.add_argument("--amp", nargs="?", const="auto", choices=["off", "auto", "bf16", "fp16"],
+                    help="mixed precision: --amp alone takes bf16 where the device supports it, else fp16 with a "
+                    "gradient scaler (GPUs before Ampere: V100, T4); --amp bf16 or fp16 forces one (off)")
 parser.add_argument("--eval-every", type=int, help="validate every N steps (0: only at the end)")
 parser.add_argument("--val-videos", type=int, help="validate on the first N videos only (0: all)")
 parser.add_argument("--log-every", type=int, help="(10)")
@@ -162,12 +166,17 @@ if ddp:
     # longer than a whole VSPW validation (24k frames) should take on one GPU (estimated, not measured).
     dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2),
                             device_id=device if device.type == "cuda" else None)
+    atexit.register(dist.destroy_process_group)  # on every exit, errors too
 master = rank == 0
 if args.resume and len(state["rng"]) != world:
     fail(f"--resume: the run in {out} was trained by {len(state['rng'])} process(es), this one has {world}; resume "
          f"with the same number (the order of the clips and the schedule depend on it)")
-amp = config["amp"] and device.type == "cuda"  # bf16 autocast, in training and validation alike
-autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp)
+# mixed precision, in training and validation alike: bf16 keeps float32's range; fp16 needs its loss scaled so that
+# small gradients do not flush to zero, and a GradScaler skips the steps whose gradients overflow
+amp = cli.amp_dtype(config["amp"], device)
+config["precision"] = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
+autocast = torch.autocast(device.type, dtype=amp, enabled=amp is not None)
+scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
 
 # -----------------------------------------------------------------------------
 # data and model
@@ -223,6 +232,7 @@ if replace_old_run and not (out / "config.json").exists():
 if replace_old_run and not args.overwrite:
     fail(f"--out {out} holds another run; pass --resume to continue it or --overwrite to replace it")
 
+matcher.install(model.model)  # HF's loss waits for the device once per frame; this matcher, once per call
 model.to(device)
 raw_model = model
 if ddp:  # static_graph: DDP finds once which parameters the loss never reaches (Swin's unread final layernorm)
@@ -297,8 +307,8 @@ def save_checkpoint(name, step, best_miou):
         tmp = out / f".tmp-{folder.name}"
         shutil.rmtree(tmp, ignore_errors=True)
         raw_model.save_pretrained(tmp)
-        torch.save({"optimizer": optimizer.state_dict(), "step": step, "best_miou": best_miou,
-                    "rng": states if ddp else [rng]}, tmp / "train_state.pt")
+        torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                    "best_miou": best_miou, "rng": states if ddp else [rng]}, tmp / "train_state.pt")
         tmp.rename(folder)
     link = out / f".{name}.link"
     link.unlink(missing_ok=True)
@@ -316,6 +326,7 @@ def save_checkpoint(name, step, best_miou):
 step, best_miou = 0, -1.0
 if args.resume:
     optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
     step, best_miou = state["step"], state["best_miou"]
     own = state["rng"][rank]  # this rank's own draws
     torch.set_rng_state(own["torch"])
@@ -328,7 +339,7 @@ if master:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     off = {"root": config["root"] is None, "min_frames": data_name != "vspw", "epochs": bool(config["max_steps"]),
-           "max_steps": not config["max_steps"], "world": not config["world"], "amp": device.type != "cuda",
+           "max_steps": not config["max_steps"], "world": not config["world"], "amp": amp is None,
            "eval_every": val_set is None, "val_videos": val_set is None or not config["val_videos"]}
     off.update({f.name: not raw_model.settings.shift_div for f in fields(Settings) if f.name != "shift_div"})
     off["match_by"] = off["match_by"] or not raw_model.settings.match
@@ -361,10 +372,12 @@ for batch in batches(step):
     with autocast:
         loss = model(pixel_values, mask_labels=mask_labels, class_labels=class_labels).loss
     recent.append(loss.detach())
-    loss.backward()
+    scaler.scale(loss).backward()  # the scaler, off except in fp16, leaves the loss and the step as they are
     if config["grad_clip"]:
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     optimizer.zero_grad(set_to_none=True)
     step += 1
     frames_seen += pixel_values.shape[0] * pixel_values.shape[1] * world
@@ -391,8 +404,6 @@ for batch in batches(step):
                     f"the weights are not finite after step {step}" if bad_weights else
                     f"another process's loss is not finite by step {step}")
             print(f"error: {what}; stopping (OUT/last holds the last good checkpoint)", file=sys.stderr)
-        if ddp:
-            dist.destroy_process_group()
         sys.exit(1)
     if master:
         fps = frames_seen / (time.time() - t0)
@@ -426,5 +437,3 @@ if master:
     best = f"best validation mIoU {100 * best_miou:.2f}; " if best_miou >= 0 else ""
     print(f"{'stopped' if stop else 'done'} at step {step}/{max_steps} in {(time.time() - t0) / 60:.1f} min; "
           f"{best}checkpoints in {out}/last and {out}/best")
-if ddp:
-    dist.destroy_process_group()

@@ -291,7 +291,7 @@ def test_scores_on_cuda_equal_those_on_the_cpu(synthetic, tiny_model, monkeypatc
     on_cuda = evaluate.evaluate(torch.nn.Linear(1, 1), synthetic, "cuda", progress=False)  # index_add_, pinned labels
     assert json.dumps(evaluate._json_safe(on_cuda)) == json.dumps(evaluate._json_safe(on_cpu))
     monkeypatch.undo()
-    amp = evaluate.evaluate(tiny_model, synthetic, "cuda", amp=True, progress=False)  # bf16 autocast
+    amp = evaluate.evaluate(tiny_model, synthetic, "cuda", amp=torch.bfloat16, progress=False)  # bf16 autocast
     tiny_model.cpu()
     assert amp["num_frames"] == 36 and 0 <= amp["miou"] <= 1
 

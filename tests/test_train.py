@@ -323,3 +323,28 @@ def test_bad_own_clips_stop_before_step_0_and_leave_out_as_it_was(tmp_path):
     expect_error(train(*CLIPS, "--root", str(one_class / "a"), out=tmp_path / "new", check=False),
                  f"{one_class / 'a'} looks like one video's folder", f"the video folders, here {one_class}")
     assert sorted(p.name for p in kept.iterdir()) == ["config.json"] and not (tmp_path / "new").exists()
+
+
+def test_amp_takes_bf16_where_the_gpu_computes_it_and_fp16_elsewhere(monkeypatch):
+    import cli
+    cuda = torch.device("cuda")  # no GPU needed: only the capability check is asked, and it is patched
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float16)):  # e.g. an A100, and a V100 or a T4
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native)
+        assert cli.amp_dtype("auto", cuda) is dtype
+    assert cli.amp_dtype("auto", torch.device("cpu")) is torch.bfloat16
+    assert [cli.amp_dtype(a, cuda) for a in ("off", "bf16", "fp16")] == [None, torch.bfloat16, torch.float16]
+
+
+def test_fp16_trains_with_a_gradient_scaler_and_resumes_exactly(tmp_path):
+    """The fp16 path on the CPU (autocast and GradScaler both run there): the scale is saved and restored, so a
+    resumed run matches an uninterrupted one bit for bit."""
+    flags = [*SMALL, "--max-steps", "4", "--amp", "fp16", "--device", "cpu"]
+    train(*flags, out=tmp_path / "whole")
+    train(*flags, "--stop-at", "2", out=tmp_path / "split")
+    train("--resume", out=tmp_path / "split")
+    whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
+    assert sorted(whole) == [1, 2, 3, 4] and split == whole
+    assert json.loads((tmp_path / "whole" / "config.json").read_text())["precision"] == "fp16"
+    state = torch.load(tmp_path / "whole" / "last" / "train_state.pt", weights_only=False)
+    assert state["scaler"]["scale"] > 1  # the loss was scaled: fp16's small gradients kept
+    assert json.loads((tmp_path / "split" / "config.json").read_text())["precision"] == "fp16"
