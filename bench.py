@@ -78,29 +78,29 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     args = parse_args()
 
-import ctypes  # noqa: E402
-import gc  # noqa: E402
-import multiprocessing  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+import ctypes
+import gc
+import multiprocessing
+import platform
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
 
-import numpy as np  # noqa: E402
-from scipy.stats import binom  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import transformers  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from transformers import DetrConfig, Mask2FormerConfig, MaskFormerConfig, SwinConfig  # noqa: E402
+import numpy as np
+from scipy.stats import binom
+import torch
+import torch.nn.functional as F
+import transformers
+from PIL import Image
+from torch.utils.data import DataLoader
+from transformers import DetrConfig, Mask2FormerConfig, MaskFormerConfig, SwinConfig
 
-import cli  # noqa: E402
-import data  # noqa: E402
-import qshift  # noqa: E402
-from metrics import SegMetrics  # noqa: E402
-from tiny import build_model  # noqa: E402
+import cli
+import data
+import qshift
+from metrics import SegMetrics
+from tiny import build_model
 
 
 def swin_tiny_config(family="maskformer"):

@@ -24,11 +24,11 @@ def fail(message):
     sys.exit(2)
 
 
-def make_parser(doc, epilog=None):
+def make_parser(doc, epilog=None, add_help=True):
     """An ArgumentParser described by the first paragraph of doc: no abbreviated flags (--max-step must not pass for
     --max-steps), errors through fail."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0].strip(), epilog=epilog, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, add_help=add_help)
     parser.error = fail
     return parser
 
@@ -119,6 +119,13 @@ def check_checkpoint(flag, folder):
              f"RUN/best)")
 
 
+def check_model_path(flag, name):
+    """fail at once if name is a local path (is_local) that holds no model, before anything asks the network."""
+    path = Path(name).expanduser()
+    if is_local(name) and not (path / "config.json").is_file():
+        fail(f"{flag} {name}: no such folder" if not path.is_dir() else f"{flag} {name}: no config.json in it")
+
+
 def quiet_transformers():
     """No progress bars and no info messages from transformers: they would cut into ours and make an error more than
     one line."""
@@ -136,10 +143,9 @@ def load_model(flag, name, **kwargs):
 
     from qshift import QShiftSegmenter
     quiet_transformers()
+    check_model_path(flag, name)
     if is_local(name):
         name = Path(name).expanduser()
-        if not (name / "config.json").is_file():
-            fail(f"{flag} {name}: no such folder" if not name.is_dir() else f"{flag} {name}: no config.json in it")
     else:
         try:
             if isinstance(try_to_load_from_cache(name, "config.json"), str):

@@ -95,24 +95,25 @@ def parse_args(argv=None):
         args.split = "all" if no_val else "val"
     return args
 
+
 # Flags are read before the imports below (2-4 s, torch and transformers), so that --help and mistakes answer at once.
 if __name__ == "__main__":
     args = parse_args()
 
-import itertools  # noqa: E402
-from dataclasses import asdict, fields  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+import itertools
+from dataclasses import asdict, fields
+from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
 
-import cli  # noqa: E402
-import data  # noqa: E402
-from metrics import TITLES, Scores  # noqa: E402
-from pictures import class_colours, raw_palette, save_picture, save_prediction  # noqa: E402
-from qshift import Settings  # noqa: E402
+import cli
+import data
+from metrics import TITLES, Scores
+from pictures import class_colours, raw_palette, save_picture, save_prediction
+from qshift import Settings
 
 VIS_FRAMES = 6  # rows of a video's picture: frames spread evenly over the video
 
@@ -131,8 +132,8 @@ def evaluate(model, dataset, device=None, clip_len=None, amp=None, progress=True
     independent clips of clip_len frames. device: where the model and metrics run (default: the model's device);
     amp: an autocast dtype (torch.bfloat16) or None. save_predictions: a folder for DIR/<video>/<frame>.png in raw
     ids; visualize: a folder for <video>.png pictures of the first num_vis videos (vis_frames (a, b): of its frames
-    a..b, else of 6 spread over it). Frames are read and PNGs written by two threads while the model runs. The model's train/eval mode is
-    restored afterwards.
+    a..b, else of 6 spread over it). Frames are read and PNGs written by two threads while the model runs. The
+    model's train/eval mode is restored afterwards.
 
     Distributed (torch.distributed initialised, e.g. train.py under torchrun), every rank must call it: each scores
     the videos rank, rank + world, ..., saves and draws those only, and returns the scores of all the videos.

@@ -59,8 +59,8 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def forward(self, masks_queries_logits, class_queries_logits, mask_labels, class_labels):
-        costs = [self.frame_cost(*frame) for frame in zip(class_queries_logits, masks_queries_logits, class_labels,
-                                                            mask_labels)]  # N x (Q, K_i), queued on the device
+        frames = zip(class_queries_logits, masks_queries_logits, class_labels, mask_labels)
+        costs = [self.frame_cost(*frame) for frame in frames]  # N x (Q, K_i), queued on the device
         sizes = [cost.shape[1] for cost in costs]
         costs = torch.cat(costs, dim=1).cpu()  # (Q, K): the call's one wait for the device
         pairs = [linear_sum_assignment(cost) for cost in costs.split(sizes, dim=1)]  # N x (rows, cols), CPU

@@ -55,6 +55,8 @@ class SegMetrics:
         miou = iou[present].mean().item() if present.any() else math.nan
         pixel_acc = (tp.sum() / gt.sum()).item() if gt.sum() > 0 else math.nan
         return {"miou": miou, "pixel_acc": pixel_acc, "iou": iou.tolist()}
+
+
 class VideoConsistency:
     """VSPW's video consistency VC_k (official VC_perclip.py) of one video, fed one frame at a time.
 
@@ -186,4 +188,3 @@ class Scores:
             for d in CUE_DISTANCES:
                 results[f"hidden_d{d}_acc"] = self.metrics[f"hidden_d{d}"].compute()["pixel_acc"]
         return results
-

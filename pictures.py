@@ -130,7 +130,6 @@ def save_prediction(raw, path, palette):
     image.save(path)
 
 
-
 LEGEND_LINES = 2  # the video's legend: as many of the classes in view as fit in two lines, those of most pixels
 
 

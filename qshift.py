@@ -158,7 +158,6 @@ def shift_queries(q, shift_div, match=True, causal=False, match_on=None, reach=1
     return temporal_shift(aligned, shift_div, causal, reach=reach).gather(2, unperm)
 
 
-
 # -----------------------------------------------------------------------------
 # Sec. 4.2: the settings, each declared once: its default (the paper's), train.py's flag and its meaning
 

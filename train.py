@@ -32,22 +32,8 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.distributed as dist
-import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
-
 import cli
-import matcher
 from cli import fail, first_line
-from data import DataError, build_dataset, collate
-from evaluate import evaluate
-from metrics import summary
-from qshift import Settings
-from tiny import build_model, tiny_config
 
 # -----------------------------------------------------------------------------
 # settings: a flag given on the command line wins, then (with --resume) the run's saved config, then the paper's
@@ -65,7 +51,6 @@ DEFAULTS = dict(root=None, model="facebook/maskformer-swin-tiny-ade", world={}, 
 TINY = {"tiny": "maskformer", "tiny-mask2former": "mask2former"}  # --model: small random models (tiny.py)
 
 
-
 def presets_help():
     """The per-data-set presets, as --help shows them."""
     lines = ["presets per data set (flags given win; with --resume the run's saved config comes next):"]
@@ -78,14 +63,12 @@ def presets_help():
     return "\n".join(lines)
 
 
-parser = cli.make_parser(__doc__, epilog=presets_help())
+# The flags in two steps. train.py's own are read and checked first, before torch and transformers load (2-4 s), so
+# that a mistake, such as a mistyped folder, answers at once; then qshift loads, whose Settings declare the shift's
+# flags, and the whole command line is read with them.
+parser = cli.make_parser(__doc__, epilog=presets_help(), add_help=False)
 parser.add_argument("--data", choices=list(PRESETS), help="data set (default: synthetic)")
 parser.add_argument("--root", help="data set folder (not needed for synthetic)")
-for f in fields(Settings):  # --shift, --match, --causal, --shift-at (comma-separated), --match-by, --reach
-    kind = {"type": str if f.type is tuple else f.type} if f.type is not bool else \
-        {"action": argparse.BooleanOptionalAction}
-    parser.add_argument(f.metadata["flag"], dest=f.name, **kind,
-                        help=f"{f.metadata['meaning']} ({','.join(f.default) if f.type is tuple else f.default})")
 parser.add_argument("--world", type=cli.parse_world, metavar="KNOBS", help="synthetic data: the world's knobs, e.g. "
                     "hide_run=3,speed=8 (class cues hidden in runs of 3 frames, blobs 8x faster; see data.py)")
 parser.add_argument("--model", help="HF hub id or local folder of a MaskFormer or Mask2Former, or 'tiny' / "
@@ -114,38 +97,69 @@ parser.add_argument("--eval-every", type=int, help="validate every N steps (0: o
 parser.add_argument("--val-videos", type=int, help="validate on the first N videos only (0: all)")
 parser.add_argument("--log-every", type=int, help="(10)")
 parser.add_argument("--device", type=cli.device_name, help="cpu, cuda or cuda:N (default: cuda when present)")
-args = parser.parse_args()
-cli.check_at_least(args, {"--clip-len": 1, "--batch-size": 1, "--epochs": 1, "--max-steps": 0, "--lr": 0,
-                          "--weight-decay": 0, "--warmup": 0, "--grad-clip": 0, "--min-frames": 1, "--stop-at": 1,
-                          "--workers": 0, "--eval-every": 0, "--val-videos": 0, "--log-every": 1})
-if args.crop and min(args.crop) < 1:
-    fail(f"--crop {args.crop[0]} {args.crop[1]}: must be at least 1 1")
-if args.resume and args.overwrite:
+args, rest = parser.parse_known_args()
+out, saved = Path(args.out or DEFAULTS["out"]), {}
+helping = bool({"-h", "--help"} & set(rest))  # --help is answered below, with the settings' flags
+if args.resume and args.overwrite and not helping:
     fail("--resume and --overwrite: choose one")
-out = Path(args.out or DEFAULTS["out"])
-saved = {}
-if args.resume:
+if args.resume and not helping:
     try:
         saved = json.loads((out / "config.json").read_text())
-        state = torch.load(out / "last" / "train_state.pt", map_location="cpu", weights_only=False)
     except FileNotFoundError as e:
         fail(f"--resume: no run to resume in {out} ({e.filename} is missing)")
-    except Exception as e:  # a truncated or foreign file
-        fail(f"--resume: the run in {out} is corrupt ({first_line(e)})")
+    except (OSError, ValueError) as e:
+        fail(f"--resume: {out / 'config.json'} is corrupt ({first_line(e)})")
 given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "overwrite", "stop_at")}
 data_name = given.get("data") or saved.get("data") or "synthetic"
 config = {**DEFAULTS, **PRESETS[data_name], **saved, **given, "data": data_name}
+if not helping:
+    cli.check_at_least(args, {"--clip-len": 1, "--batch-size": 1, "--epochs": 1, "--max-steps": 0, "--lr": 0,
+                              "--weight-decay": 0, "--warmup": 0, "--grad-clip": 0, "--min-frames": 1,
+                              "--stop-at": 1, "--workers": 0, "--eval-every": 0, "--val-videos": 0, "--log-every": 1})
+    if args.crop and min(args.crop) < 1:
+        fail(f"--crop {args.crop[0]} {args.crop[1]}: must be at least 1 1")
+    if data_name != "synthetic" and config["root"] is None:
+        fail(f"--data {data_name} needs --root, the data set's folder")
+    if data_name != "synthetic" and config["world"]:
+        fail(f"--world: only the synthetic data set has knobs, not --data {data_name}")
+    if config["root"] is not None and not os.path.isdir(config["root"]):
+        fail(f"--root {config['root']}: no such folder")
+    if not args.resume and config["model"] not in TINY:
+        cli.check_model_path("--model", config["model"])  # a mistyped folder fails here, not on the network
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+import matcher
+from data import DataError, build_dataset, collate
+from evaluate import evaluate
+from metrics import summary
+from qshift import Settings
+from tiny import build_model, tiny_config
+
+parser.add_argument("-h", "--help", action="help", help="show this help message and exit")
+for f in fields(Settings):  # --shift, --match, --causal, --shift-at (comma-separated), --match-by, --reach
+    kind = {"type": str if f.type is tuple else f.type} if f.type is not bool else \
+        {"action": argparse.BooleanOptionalAction}
+    parser.add_argument(f.metadata["flag"], dest=f.name, **kind,
+                        help=f"{f.metadata['meaning']} ({','.join(f.default) if f.type is tuple else f.default})")
+args = parser.parse_args()  # the whole command line
+config.update({f.name: getattr(args, f.name) for f in fields(Settings) if getattr(args, f.name) is not None})
 chosen = {f.name: config[f.name] for f in fields(Settings) if f.name in config}  # given, or saved with the run
 try:  # checked now; the others come from the model's checkpoint, or else Settings' defaults (the paper's)
     Settings(**chosen)
 except ValueError as e:
     fail(str(e))  # it names the flag
-if data_name != "synthetic" and config["root"] is None:
-    fail(f"--data {data_name} needs --root, the data set's folder")
-if data_name != "synthetic" and config["world"]:
-    fail(f"--world: only the synthetic data set has knobs, not --data {data_name}")
-if config["root"] is not None and not os.path.isdir(config["root"]):
-    fail(f"--root {config['root']}: no such folder")
+if args.resume:
+    try:
+        state = torch.load(out / "last" / "train_state.pt", map_location="cpu", weights_only=False)
+    except Exception as e:  # missing, truncated or foreign
+        fail(f"--resume: checkpoint {out / 'last'} is missing or corrupt ({first_line(e)})")
 config["workers"] = min(config["workers"], len(os.sched_getaffinity(0)))  # more would only wait for each other
 cli.quiet_transformers()  # its bars at every save would cut into ours
 
@@ -203,8 +217,7 @@ except DataError as e:
     fail(str(e))
 except ValueError as e:  # knobs that each pass alone but not together, e.g. runs of hidden frames too long
     fail(f"--world: {e}")
-capped = crop is not None and train_set.crop != crop  # capped at the largest frame at the largest training scale
-if capped:
+if capped := crop is not None and train_set.crop != crop:  # at the largest frame at the largest training scale
     config["crop"] = list(train_set.crop)
 
 if args.resume:
@@ -243,12 +256,9 @@ if rank:  # the other ranks draw their own dropout, drop path and loss points; r
 
 
 def parameter_groups(model, weight_decay):
-    """AdamW groups: weight decay on the weights of linear and conv layers only.
-
-    As MaskFormer and Mask2Former do, norms, biases and embeddings (the learned queries, nn.Embedding, and Swin's
-    relative position bias table, a bare parameter) are exempt, chosen by module type, not by name: decaying
-    them pulls queries and norm scales towards zero for no regularising gain.
-    """
+    """AdamW groups: weight decay on the weights of linear and conv layers only. As MaskFormer and Mask2Former do,
+    norms, biases and embeddings (the learned queries, Swin's relative position bias table) are exempt, by module
+    type, not by name: decaying them pulls queries and norm scales towards zero for no regularising gain."""
     decay, no_decay = [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):

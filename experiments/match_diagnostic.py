@@ -44,11 +44,11 @@ from scipy.optimize import linear_sum_assignment
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[i]) for i in (1, 0)]  # run from anywhere: the repository's
 # modules, and tables.py beside this script
-import data  # noqa: E402
-import qshift  # noqa: E402
-from cli import check_checkpoint, fail, first_line  # noqa: E402
-from evaluate import _json_safe  # noqa: E402
-from tables import _mean_std  # noqa: E402
+import data
+import qshift
+from cli import check_checkpoint, fail, first_line
+from evaluate import _json_safe
+from tables import _mean_std
 
 MIN_PIXELS = 8  # a query must own this many pixels of an object to cover it (the objects have ~200-800 pixels)
 PAIRINGS = ("Eq. 2 (queries)", "identity", "masks", "oracle")

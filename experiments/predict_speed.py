@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cli import check_at_least, check_checkpoint, make_parser  # noqa: E402
+from cli import check_at_least, check_checkpoint, make_parser
 
 
 def parse_args(argv=None):
@@ -34,13 +34,13 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     args = parse_args()
 
-import statistics  # noqa: E402
+import statistics
 
-import torch  # noqa: E402
+import torch
 
-import predict  # noqa: E402
-import qshift  # noqa: E402
-from synthetic_video import write_videos  # noqa: E402
+import predict
+import qshift
+from synthetic_video import write_videos
 
 
 def main(args):

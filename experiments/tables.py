@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's modules
-from cli import check_at_least, fail, first_line, make_parser, parse_world  # noqa: E402
-from evaluate import DATA_SETS, scored  # noqa: E402
-from metrics import CUE_DISTANCES, TITLES  # noqa: E402
-from qshift import Settings  # noqa: E402
+from cli import check_at_least, fail, first_line, make_parser, parse_world
+from evaluate import DATA_SETS, scored
+from metrics import CUE_DISTANCES, TITLES
+from qshift import Settings
 
 
 def _pct(x):
@@ -38,7 +38,6 @@ def _mean_std(values):
     if len(values) == 1:
         return _pct(mean), mean
     return f"{_pct(mean)} ± {100 * float(np.std(values, ddof=1)):.2f}", mean
-
 
 
 RUN_KEYS = ("checkpoint", "data", "split", "clip_len", "shift_div", "match", "causal", "channels", "results")
@@ -194,7 +193,6 @@ def find_evaluations(run_dirs, data_set=None, root=None, split=None, clip_len=No
                  f"({', '.join(path.name for path, _ in evaluations[name])}): keep one")
         runs.append({**run, "train": train_settings(run_dir)})
     return runs
-
 
 
 def parse_args(argv=None):

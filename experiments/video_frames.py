@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cli import check_at_least, fail, make_parser  # noqa: E402
+from cli import check_at_least, fail, make_parser
 
 
 def parse_args(argv=None):
@@ -32,10 +32,10 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     args = parse_args()
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-import data  # noqa: E402
-import predict  # noqa: E402
+import data
+import predict
 
 
 def main(args):

@@ -477,6 +477,7 @@ def bad_checkpoints(checkpoint, tmp_path_factory):
 ])
 def test_bad_input_is_one_line_and_exit_status_2(args, message, bad_checkpoints, checkpoint, capfd):
     args = [a.format(bad=bad_checkpoints, good=checkpoint) for a in args]
+
     def files():
         return {(p, p.stat().st_mtime_ns) for root in (bad_checkpoints, checkpoint.parent) for p in root.rglob("*")}
 

@@ -43,7 +43,7 @@ def test_a_model_shared_on_the_hub_comes_back_with_every_setting_its_class_names
             assert torch.equal(loaded(x[None]).masks_queries_logits, model(x[None]).masks_queries_logits)
             # plain transformers loads the same repo, every weight in place: the image model
             hf, info = FAMILIES[model.family].hf_class.from_pretrained(repo_id, cache_dir=tmp_path,
-                                                                             output_loading_info=True)
+                                                                       output_loading_info=True)
             assert not (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"])
             assert torch.equal(hf.eval()(x).masks_queries_logits, model.model(x).masks_queries_logits)
         frame = np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8)

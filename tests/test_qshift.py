@@ -136,7 +136,8 @@ def test_matching_recovers_a_known_permutation_of_noisy_copies():
     torch.manual_seed(0)
     B, T, Q, C = 2, 8, 100, 64
     base = torch.randn(B, 1, Q, C)
-    truth = torch.stack([torch.stack([torch.randperm(Q) if t else torch.arange(Q) for t in range(T)]) for _ in range(B)])
+    truth = torch.stack([torch.stack([torch.randperm(Q) if t else torch.arange(Q) for t in range(T)])
+                         for _ in range(B)])
     q = torch.empty(B, T, Q, C)
     for b, t in itertools.product(range(B), range(T)):  # frame t stores segment i at slot truth[b, t, i]
         q[b, t, truth[b, t]] = base[b, 0] + 0.1 * torch.randn(Q, C)
@@ -179,7 +180,6 @@ def test_shift_queries_shifts_matched_queries_and_restores_the_order():
     unmatched = shift_queries(q, 4, match=False)
     assert torch.equal(unmatched[0, 1, :, 0], q0[:, 0])  # without matching: slot i gets slot i, another segment
     assert shift_queries(q, 0) is q
-
 
 
 def test_shift_queries_can_match_by_other_features():
@@ -450,7 +450,8 @@ def test_semantic_maps_equal_hf_post_processing():
     torch.manual_seed(3)
     class_logits = torch.randn(3, 10, 6)
     mask_logits = 3 * torch.randn(3, 10, 16, 24)
-    output = MaskFormerForInstanceSegmentationOutput(class_queries_logits=class_logits, masks_queries_logits=mask_logits)
+    output = MaskFormerForInstanceSegmentationOutput(class_queries_logits=class_logits,
+                                                     masks_queries_logits=mask_logits)
     processor = MaskFormerImageProcessor()
     theirs = processor.post_process_semantic_segmentation(output, target_sizes=[(64, 96)] * 3)
     ours = semantic_segmentation(class_logits, mask_logits, (64, 96))
@@ -466,7 +467,8 @@ def test_semantic_maps_against_hf_mask2former_post_processing():
     torch.manual_seed(4)
     class_logits = torch.randn(2, 10, 6)
     mask_logits = 3 * torch.randn(2, 10, 16, 24)
-    output = MaskFormerForInstanceSegmentationOutput(class_queries_logits=class_logits, masks_queries_logits=mask_logits)
+    output = MaskFormerForInstanceSegmentationOutput(class_queries_logits=class_logits,
+                                                     masks_queries_logits=mask_logits)
     theirs = torch.stack(Mask2FormerImageProcessor().post_process_semantic_segmentation(output, [(64, 96)] * 2))
     at_384 = torch.nn.functional.interpolate(mask_logits, size=(384, 384), mode="bilinear", align_corners=False)
     assert torch.equal(semantic_segmentation(class_logits, at_384, (64, 96)), theirs)

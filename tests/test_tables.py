@@ -12,7 +12,6 @@ tables = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tables)
 
 
-
 def write_run(folder, shift_div, match, miou, pixel_acc, mvc8=0.8, causal=False, config=None, name="eval-val"):
     """An evaluation as evaluate.py writes it (with a train.py config.json if config is given)."""
     folder.mkdir(parents=True, exist_ok=True)

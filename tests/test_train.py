@@ -243,8 +243,8 @@ def before_torch(script, *flags):
     return int(status), loaded == "True", result.stderr
 
 
-@pytest.mark.parametrize("script,flags,status", [  # train.py's flags come from qshift.Settings: it loads torch first
-    ("evaluate.py", ["--help"], 0), ("evaluate.py", ["--checkpoint", "nowhere"], 2),
+@pytest.mark.parametrize("script,flags,status", [  # train.py's --help lists qshift.Settings' flags: it loads torch
+    ("train.py", ["--data", "vspw"], 2), ("train.py", ["--clip-len", "0"], 2), ("evaluate.py", ["--help"], 0), ("evaluate.py", ["--checkpoint", "nowhere"], 2),
     ("bench.py", ["--help"], 0), ("bench.py", ["--device", "tpu"], 2),
     ("predict.py", ["--help"], 0), ("predict.py", ["nowhere.mp4", "--checkpoint", "nowhere"], 2)])
 def test_help_and_flag_errors_answer_before_torch_loads(script, flags, status):
