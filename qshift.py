@@ -164,7 +164,7 @@ def shift_queries(q, shift_div, match=True, causal=False, match_on=None, reach=1
 PLACEMENTS = ("backbone", "queries", "pixels")  # in the order the model reaches them
 
 
-def setting(default, flag, meaning):
+def _setting(default, flag, meaning):
     return field(default=default, metadata={"flag": flag, "meaning": meaning})
 
 
@@ -173,17 +173,17 @@ class Settings:
     """What makes a QShiftSegmenter more than the image model, saved as config.json's "qshift" entry. train.py's
     flags, model cards and reports come from these declarations. A bad value raises ValueError naming the setting and
     its flag. Matching concerns the queries only: without a query shift, match is False (what runs)."""
-    shift_div: int = setting(16, "--shift", "1/shift_div of the channels are shifted in time, half from frame t-1 and "
-                             "half from frame t+1 (Eq. 1); 0 is the image model run frame by frame")
-    match: bool = setting(True, "--match", "each frame's queries are matched to the previous frame's (Hungarian "
-                          "algorithm, Eq. 2) before the shift")
-    causal: bool = setting(False, "--causal", "online: every shifted channel comes from the past")
-    shift_at: tuple = setting(("queries",), "--shift-at", "where the channels are shifted: the decoded queries (the "
-                              "paper's place), the pixel embeddings, the backbone's feature maps, or several")
-    match_by: str = setting("queries", "--match-by", "what matching compares: the queries' cosine similarity (Eq. 2) "
-                            "or their predicted masks'")
-    reach: int = setting(1, "--reach", "how many frames each way the shifted channels come from, split evenly among "
-                         "them; 1 is the paper's")
+    shift_div: int = _setting(16, "--shift", "1/shift_div of the channels are shifted in time, half from frame t-1 "
+                              "and half from frame t+1 (Eq. 1); 0 is the image model run frame by frame")
+    match: bool = _setting(True, "--match", "each frame's queries are matched to the previous frame's (Hungarian "
+                           "algorithm, Eq. 2) before the shift")
+    causal: bool = _setting(False, "--causal", "online: every shifted channel comes from the past")
+    shift_at: tuple = _setting(("queries",), "--shift-at", "where the channels are shifted: the decoded queries (the "
+                               "paper's place), the pixel embeddings, the backbone's feature maps, or several")
+    match_by: str = _setting("queries", "--match-by", "what matching compares: the queries' cosine similarity "
+                             "(Eq. 2) or their predicted masks'")
+    reach: int = _setting(1, "--reach", "how many frames each way the shifted channels come from, split evenly "
+                          "among them; 1 is the paper's")
 
     def __post_init__(self):
         places = self.shift_at.split(",") if isinstance(self.shift_at, str) else list(self.shift_at)
