@@ -11,7 +11,7 @@ QShiftSegmenter.save_pretrained, or a Hugging Face hub id. For each INPUT, named
                            viewers show the class colours), named after the folder's frames, or 00000.png,
                            00001.png, ... for a video
     DIR/NAME.mp4           each frame beside itself blended with its class colours, over a legend of the classes
-                           in view, at the size the model saw
+                           in view, at the size the model saw, each frame at its time in the input
 
 and one line: the frames, frames per second and where they went. DIR is predictions/ unless given.
 
@@ -20,10 +20,16 @@ so memory holds a few frames whatever the video's length; a causal model runs on
 map is written as soon as its frame has been read. Frames whose short side is longer than --short-side (default
 480, the paper's VSPW_480p and the size train.py's crops see) are scaled down before the model, so that 1080p or 4K
 video costs what 480p does; their maps are scaled back to the input's size (nearest: their detail is that of the
-model's input). --short-side 0 keeps every frame as it is.
+model's input). --short-side 0 keeps every frame as it is. The video keeps the input's timestamps, so that it lasts
+as long as the input and stays in step with it where frames were dropped or the frame rate varies (as phones and
+surveillance cameras record); a folder's frames are 10 a second. There is a map for every decoded frame.
 
 A bad input (a missing, unreadable or corrupt video, an empty folder) stops the run with one line and exit status 2,
-and nothing of it is left behind; the inputs before it are complete. Existing outputs stay unless --overwrite.
+and nothing of it is left behind; the inputs before it are complete. Existing outputs stay unless --overwrite. A video
+that stops decoding part way (a recording cut short) keeps what decoded: the maps and the video of the frames before
+the fault are written, one line `error: FILE: decoding stopped at frame N (why); kept the N frames before it` says
+so, and the run goes on with the next inputs, then ends with exit status 1. One of which no frame decodes is a bad
+input.
 """
 from pathlib import Path
 
@@ -40,7 +46,7 @@ def output_name(path):
 
 def parse_args(argv=None):
     """predict.py's flags and inputs, checked; a bad one exits with one line. It needs no torch: see cli.py."""
-    parser = make_parser(__doc__)
+    parser = make_parser(__doc__, epilog=__doc__.strip().split("\n\n")[-1])  # --help ends with what bad input does
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="video files or folders of frames")
     parser.add_argument("--checkpoint", required=True, help="RUN/best, a save_pretrained folder, or a hub id")
     parser.add_argument("--out", default="predictions", help="output folder (predictions)")
@@ -77,61 +83,112 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     args = parse_args()
 
-import collections  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from fractions import Fraction  # noqa: E402
+import collections
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 
-import av  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
 
-import cli  # noqa: E402
-import data  # noqa: E402
-import pictures  # noqa: E402
-import qshift  # noqa: E402
+import cli
+import data
+import pictures
+import qshift
 
 # -----------------------------------------------------------------------------
 # reading: video files through FFmpeg (PyAV), folders of frames as own clips are read
 
 
+class Frames:
+    """An input's frames, read as they are taken (one pass): iterating yields (name, uint8 RGB (H, W, 3), pts,
+    duration) in order, pts and duration in time_base units (a video's own timestamps: they may skip where frames
+    were dropped, or vary with the frame rate; None where the file does not say). count: the frames, or None where a
+    video's container does not say; fps: the frames per second it claims.
+
+    A bad input raises DataError, on opening or while the frames are read. A video that stops decoding part way (a
+    recording cut short) ends early instead, once its decoded frames are out, and says why in `stopped`; one of which
+    no frame decodes still raises."""
+
+    def __init__(self, path):
+        self.path, self.stopped, self.fault = Path(path), None, None
+        if self.path.is_dir():
+            files = data._listing(self.path, (".jpg", ".jpeg", ".png"))  # natural order; DataError when there are none
+            self.count, self.fps, self.time_base = len(files), FOLDER_FPS, Fraction(1, FOLDER_FPS)
+            self.frames = self._images(files)
+            return
+        try:
+            container = av.open(str(self.path))
+        except (av.FFmpegError, OSError) as e:
+            raise data.DataError(f"{self.path}: not a video that FFmpeg can read ({first_line(e)})") from None
+        if not container.streams.video:
+            container.close()
+            raise data.DataError(f"{self.path}: no video stream in it")
+        stream = container.streams.video[0]
+        if stream.width * stream.height < 1280 * 720:  # FFmpeg's decoding threads, one per core, pay off for large
+            stream.codec_context.thread_count = 1  # frames only: at 64x96 they cost 2.9 against 0.4 ms a frame here
+        self.count, self.fps, self.time_base = stream.frames or None, stream.average_rate or 25, stream.time_base
+        self.frames = self._video(container, stream)
+
+    def __iter__(self):
+        return self.frames
+
+    def close(self):
+        """Stop reading: closes the video file."""
+        self.frames.close()
+
+    def _images(self, files):
+        """A folder's frames: (stem, rgb, t, 1), one every 1/FOLDER_FPS s."""
+        for t, (stem, file) in enumerate(files.items()):
+            yield stem, np.array(data._open(file).convert("RGB")), t, 1
+
+    def _video(self, container, stream):
+        """A video's frames: ("00000", rgb, pts, duration), ...; closes the container."""
+        t = 0
+        try:
+            for frame in self._decoded(container, stream):
+                yield f"{t:05d}", frame.to_ndarray(format="rgb24"), frame.pts, frame.duration
+                t += 1
+        finally:
+            container.close()
+        if self.fault and t == 0:
+            raise data.DataError(f"{self.path}: corrupt, not one frame decodes ({first_line(self.fault)})")
+        if self.fault:
+            self.stopped = f"{self.path}: decoding stopped at frame {t} ({first_line(self.fault)})"
+
+    def _decoded(self, container, stream):
+        """The frames of a video stream (av.VideoFrame), in order. An FFmpeg error part way (a file cut short) ends
+        them, after the frames the decoder still held, and is kept as self.fault."""
+        try:
+            for packet in container.demux(stream):
+                yield from stream.decode(packet)  # the last packet, an empty one, flushes the decoder
+            return
+        except av.FFmpegError as e:
+            self.fault = e
+        try:  # the frames decoded before the fault but held back (B-frames, decoding threads) are good: flush them
+            yield from stream.decode(None)
+        except av.FFmpegError:
+            pass
+
+
 def read_input(path):
-    """The frames of an input, a video file or a folder of frames: (frames, count, fps). frames yields (name, uint8
-    RGB (H, W, 3)) in order; count is None where a video's container does not say. A bad input raises DataError, on
-    opening or while the frames are read."""
-    path = Path(path)
-    if path.is_dir():
-        files = data._listing(path, (".jpg", ".jpeg", ".png"))  # natural order; DataError when there are none
-        frames = ((stem, np.array(data._open(file).convert("RGB"))) for stem, file in files.items())
-        return frames, len(files), FOLDER_FPS
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError) as e:
-        raise data.DataError(f"{path}: not a video that FFmpeg can read ({first_line(e)})") from None
-    if not container.streams.video:
-        container.close()
-        raise data.DataError(f"{path}: no video stream in it")
-    stream = container.streams.video[0]
-    if stream.width * stream.height < 1280 * 720:  # FFmpeg's decoding threads, one per core, pay off for large
-        stream.codec_context.thread_count = 1  # frames only: at 64x96 they cost 2.9 against 0.4 ms a frame here
-    return decode(container, stream, path), stream.frames or None, stream.average_rate or 25
+    """The pictures of an input, for scripts that want only them: (frames, count, fps), frames yielding (name, uint8
+    RGB (H, W, 3)) in order (see Frames). A bad input raises DataError, on opening or while the frames are read; a
+    video that stops decoding part way, once its decoded frames are out."""
+    frames = Frames(path)
 
+    def images():
+        for name, rgb, _, _ in frames:
+            yield name, rgb
+        if frames.stopped:
+            raise data.DataError(frames.stopped)
 
-def decode(container, stream, path):
-    """The frames of a video stream: yields ("00000", uint8 RGB (H, W, 3)), ... and closes the container."""
-    t = 0
-    try:
-        for frame in container.decode(stream):
-            yield f"{t:05d}", frame.to_ndarray(format="rgb24")
-            t += 1
-    except av.FFmpegError as e:
-        raise data.DataError(f"{path}: corrupt at frame {t} ({first_line(e)})") from None
-    finally:
-        container.close()
+    return images(), frames.count, frames.fps
 
 
 def model_input(name, rgb, short_side):
@@ -153,13 +210,20 @@ def model_input(name, rgb, short_side):
 
 
 class VideoWriter:
-    """An H.264 mp4 of RGB frames (PyAV): write(frame uint8 (H, W, 3)), one size throughout, then close(); the file
-    is made with the first frame, whose size it takes."""
+    """An H.264 mp4 of RGB frames (PyAV): write(frame uint8 (H, W, 3), pts, duration), one size throughout, then
+    close(); the file is made with the first frame, whose size it takes.
 
-    def __init__(self, path, fps):
+    Each frame is shown from its pts for its duration, in time_base units (1/fps unless given), counted from the first
+    frame's pts, so that a video of a variable frame rate or with dropped frames keeps its timing. Without them (None),
+    a frame follows the one before, one 1/fps long."""
+
+    def __init__(self, path, fps, time_base=None):
         self.path, self.fps, self.container = path, Fraction(fps).limit_denominator(100000), None
+        self.time_base = Fraction(time_base) if time_base else 1 / self.fps
+        self.step = max(1, round(1 / (self.fps * self.time_base)))  # 1/fps in time_base units
+        self.start, self.last, self.end, self.durations = None, -1, 0, {}
 
-    def write(self, frame):
+    def write(self, frame, pts=None, duration=None):
         if self.container is None:
             self.container = av.open(str(self.path), "w")
             self.stream = self.container.add_stream("libx264", rate=self.fps)
@@ -167,48 +231,67 @@ class VideoWriter:
             # ultrafast: a quarter of veryfast's time at twice the bytes, so that writing hides behind the model; one
             # thread: x264's frame threads made the first video of a process differ from the next ones
             self.stream.pix_fmt, self.stream.options = "yuv420p", {"crf": "18", "preset": "ultrafast", "threads": "1"}
-        self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            # the input's own time base: its timestamps go through exactly, none rounded onto another
+            self.stream.codec_context.time_base = self.time_base
+            self.start = 0 if pts is None else pts
+        # H.264 in mp4 needs increasing times: a frame without one, or at the time of the one before, comes after it
+        pts = self.end if pts is None else max(pts - self.start, self.last + 1)
+        duration = duration if duration and duration > 0 else self.step
+        self.last, self.end, self.durations[pts] = pts, pts + duration, duration
+        picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        picture.pts, picture.time_base = pts, self.time_base
+        self.mux(self.stream.encode(picture))
+
+    def mux(self, packets):
+        """Write the encoder's packets, each with its frame's duration: the mp4 takes the last one's from it, so that
+        the video lasts until the last frame's end."""
+        for packet in packets:
+            packet.duration = self.durations.pop(packet.pts, 0)
+            self.container.mux(packet)
 
     def close(self, complete=True):
         """Finish the file (complete: with the frames the encoder still holds; else only release it)."""
         if self.container is not None:
             if complete:
-                self.container.mux(self.stream.encode(None))
+                self.mux(self.stream.encode(None))
             self.container.close()
             self.container = None
 
 
 def write_frame(frame, pred, maps, video, overlay):
-    """Write one frame's outputs: its map at the input's size as maps/<name>.png, its overlay (Overlay) into
-    video."""
+    """Write one frame's outputs: its map at the input's size as maps/<name>.png, its overlay (Overlay) into video
+    at the frame's time."""
     full = torch.from_numpy(pred)[None, None]
     if tuple(frame["size"]) != pred.shape:  # scaled back to the input's size (nearest: class ids)
         full = F.interpolate(full, size=frame["size"], mode="nearest-exact")
     pictures.save_prediction(full[0, 0].numpy(), maps / f"{frame['name']}.png", overlay.colours)
-    video.write(overlay(frame["rgb"], pred))
+    video.write(overlay(frame["rgb"], pred), frame["pts"], frame["duration"])
 
 
-def predict_input(model, path, out, short_side=480, chunk=8, amp=False, overwrite=False):
-    """Segment one input (see the module docstring) into out/NAME/ and out/NAME.mp4; returns the number of frames.
+def predict_input(model, path, out, short_side=480, chunk=8, amp=None, overwrite=False):
+    """Segment one input (see the module docstring) into out/NAME/ and out/NAME.mp4; returns the number of frames
+    and None, or why a video stopped decoding part way (Frames.stopped: its decoded frames are written). amp: an
+    autocast dtype (torch.bfloat16) or None.
 
     The outputs are written under temporary names and renamed when complete, so that a bad input (DataError) leaves
     nothing, and earlier outputs are replaced (with overwrite) only by complete ones."""
-    frames, count, fps = read_input(path)
+    frames = Frames(path)
     name, made_out = output_name(path), not out.exists()
     maps, video_path = out / name, out / f"{name}.mp4"
     tmp_maps, tmp_video = out / f".{name}.tmp", out / f".{name}.tmp.mp4"
     shutil.rmtree(tmp_maps, ignore_errors=True)
     tmp_maps.mkdir(parents=True)
-    video = VideoWriter(tmp_video, fps)
+    video = VideoWriter(tmp_video, frames.fps, frames.time_base)
     config = model.model.config
     class_names = [config.id2label[c] for c in range(config.num_labels)]
     colours = pictures.class_colours(np.array(config.palette, np.uint8) if getattr(config, "palette", None) else None)
     overlay = pictures.Overlay(class_names, colours)
     n, size = 0, None
-    bar = tqdm(total=count, unit="frame", desc=name, leave=False, disable=None)  # a bar on terminals only
+    bar = tqdm(total=frames.count, unit="frame", desc=name, leave=False, disable=None)  # a bar on terminals only
     try:
         with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
-            decoded = (model_input(frame_name, rgb, short_side) for frame_name, rgb in frames)  # in the reader
+            decoded = ({**model_input(frame_name, rgb, short_side), "pts": pts, "duration": duration}
+                       for frame_name, rgb, pts, duration in frames)  # in the reader
             writes = collections.deque()
             for frame, pred in cli.segment(model, cli.read_ahead(decoded, reader, chunk + 2), chunk, amp):
                 if size is None:
@@ -240,7 +323,7 @@ def predict_input(model, path, out, short_side=480, chunk=8, amp=False, overwrit
         if overwrite and old.is_dir():
             shutil.rmtree(old)
         new.replace(old)
-    return n
+    return n, frames.stopped
 
 
 # -----------------------------------------------------------------------------
@@ -263,18 +346,18 @@ def main(args):
     device = cli.device(args.device)
     for path in args.inputs:  # each input opened and its first frame read: most bad ones stop the run here
         try:
-            frames, _, _ = read_input(path)
-            if next(frames, None) is None:
+            frames = Frames(path)
+            if next(iter(frames), None) is None:
                 fail(f"{path}: no frames in it")
             frames.close()
         except data.DataError as e:
             fail(str(e))
     model = load_model(args.checkpoint, device)
-    out = Path(args.out)
+    out, amp, stopped = Path(args.out), torch.bfloat16 if args.amp else None, 0
     for path in args.inputs:
         start = time.perf_counter()
         try:
-            n = predict_input(model, Path(path), out, args.short_side, args.chunk, args.amp, args.overwrite)
+            n, why = predict_input(model, Path(path), out, args.short_side, args.chunk, amp, args.overwrite)
         except data.DataError as e:
             fail(str(e))
         seconds = time.perf_counter() - start
@@ -282,6 +365,11 @@ def main(args):
         print(f"{path}: {n} frames in {seconds:.1f} s, {n / seconds:.1f} frames/s -> {out / name}/ and "
               f"{out / name}.mp4")
         sys.stdout.flush()
+        if why:  # its frames are written; the run goes on, and its exit status tells a batch that one was cut short
+            print(f"error: {why}; kept the {cli.count(n, 'frame')} before it", file=sys.stderr)
+            stopped += 1
+    if stopped:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

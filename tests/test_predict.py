@@ -1,4 +1,6 @@
 """predict.py on video files and folders of frames, against qshift.predict_video on the same frames; its errors."""
+from fractions import Fraction
+
 import av
 import numpy as np
 import pytest
@@ -42,10 +44,60 @@ def video(frames, tmp_path_factory):
     return path
 
 
+def write_video(path, frames, pts=None, codec="libx264", time_base=Fraction(1, 10), options=None):
+    """frames (uint8 (n, H, W, 3)) as a video file, with PyAV: frame t at pts[t] (default t), in time_base units;
+    options: the muxer's. x264's ultrafast preset: no B-frames, so the decoder holds no frame back."""
+    with av.open(str(path), "w", options=options or {}) as container:
+        stream = container.add_stream(codec, rate=1 / time_base)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt, stream.codec_context.time_base = "yuv420p", time_base
+        if codec == "libx264":
+            stream.options = {"preset": "ultrafast"}
+        for t, frame in enumerate(frames):
+            picture = av.VideoFrame.from_ndarray(np.asarray(frame), format="rgb24")
+            picture.pts, picture.time_base = t if pts is None else pts[t], time_base
+            container.mux(stream.encode(picture))
+        container.mux(stream.encode(None))
+    return path
+
+
+def fragmented_mp4(path, frames):
+    """frames as an mp4 in fragments, as recorders write them so that a recording cut short still plays."""
+    return write_video(path, frames, options={"movflags": "frag_keyframe+empty_moov"})
+
+
+def cut_short(path, keep, to):
+    """The first `keep` (a fraction) of a file's bytes, as the file `to`: a recording interrupted."""
+    data = path.read_bytes()
+    to.write_bytes(data[:int(len(data) * keep)])
+    return to
+
+
 def decoded(path):
     """Every frame of a video file, decoded with PyAV: uint8 (n, H, W, 3)."""
     with av.open(str(path)) as container:
         return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def decodable(path):
+    """The frames of a video file that decode before FFmpeg raises, with PyAV, and the error: (uint8 (n, H, W, 3),
+    av.FFmpegError or None)."""
+    frames, error = [], None
+    with av.open(str(path)) as container:
+        try:
+            for frame in container.decode(video=0):
+                frames.append(frame.to_ndarray(format="rgb24"))
+        except av.FFmpegError as e:
+            error = e
+    return np.stack(frames), error
+
+
+def timing(path):
+    """A video file's frame times in seconds, and its end: the last frame's time plus its duration."""
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+    last = frames[-1]
+    return [float(frame.time) for frame in frames], float((last.pts + last.duration) * last.time_base)
 
 
 def expected_maps(checkpoint, frames):
@@ -93,6 +145,38 @@ def test_a_folder_of_png_frames_gives_their_maps_named_after_them_in_natural_ord
     assert differences.argmin(1).tolist() == list(range(T))  # in natural order
 
 
+def test_a_video_with_dropped_frames_keeps_its_timing_in_the_overlay(frames, checkpoint, tmp_path):
+    pts = [0, 11, 17, 24, 30, 31, 45, 52, 60, 61, 62, 80]  # in 1/15 s: frames dropped, as surveillance cameras do
+    video = write_video(tmp_path / "dropped.avi", frames, pts, "mpeg4", Fraction(1, 15))
+    run(video, "--checkpoint", checkpoint, "--out", tmp_path / "out")
+    (input_times, input_end), (overlay_times, overlay_end) = timing(video), timing(tmp_path / "out" / "dropped.mp4")
+    assert np.allclose(input_times, np.array(pts) / 15)  # the input holds the skipping times
+    assert np.allclose(overlay_times, input_times, atol=1e-3)  # in step with it, frame by frame
+    assert abs(overlay_end - input_end) <= 1 / 15  # as long as it, 5.4 s (not T / 15 s), to within a frame's time
+    assert len(list((tmp_path / "out" / "dropped").iterdir())) == T  # a map for each decoded frame
+
+
+def test_a_video_cut_short_keeps_what_decoded_says_where_and_exits_1(frames, video, checkpoint, tmp_path, capfd):
+    cut = cut_short(fragmented_mp4(tmp_path / "whole.mp4", frames), 0.65, tmp_path / "cut.mp4")
+    kept, error = decodable(cut)
+    n = len(kept)
+    assert error is not None and 0 < n < T  # FFmpeg decodes the first frames, then raises
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        run(cut, video, "--checkpoint", checkpoint, "--out", tmp_path / "out")  # the run goes on after it
+    stdout, stderr = capfd.readouterr()
+    assert exit_.value.code == 1
+    assert len(stderr.splitlines()) == 1 and stderr.startswith(f"error: {cut}: decoding stopped at frame {n} ("), stderr
+    assert f"kept the {n} frames before it" in stderr
+    lines = stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"{cut}: {n} frames in ") and lines[1].startswith(f"{video}: {T} ")
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["cut", "cut.mp4", "synthetic", "synthetic.mp4"]
+    assert len(list((out / "cut").iterdir())) == n and len(decoded(out / "cut.mp4")) == n
+    assert np.array_equal(saved_maps(out / "cut", [f"{t:05d}" for t in range(n)]), expected_maps(checkpoint, kept))
+    assert len(list((out / "synthetic").iterdir())) == T
+
+
 def test_large_frames_are_scaled_down_for_the_model_and_their_maps_back_to_full_size(video, checkpoint, tmp_path):
     run(video, "--checkpoint", checkpoint, "--out", tmp_path, "--short-side", "32")
     frames = torch.from_numpy(decoded(video)).permute(0, 3, 1, 2)
@@ -121,9 +205,11 @@ def test_a_causal_model_is_online_each_map_comes_once_its_frame_is_read(frames):
 
 
 @pytest.fixture(scope="module")
-def bad(checkpoint, video, tmp_path_factory):
+def bad(checkpoint, video, frames, tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
     (root / "corrupt.mp4").write_bytes(video.read_bytes()[:300])  # cut inside the header
+    cut_short(fragmented_mp4(root / "whole.mp4", frames), 0.05, root / "cut-in-frame-0.mp4")  # opens, nothing decodes
+    (root / "whole.mp4").unlink()
     (root / "noise.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     (root / "empty").mkdir()
     (root / "broken-frame").mkdir()  # its third frame is corrupt: found after two frames are written
@@ -141,6 +227,7 @@ def bad(checkpoint, video, tmp_path_factory):
 @pytest.mark.parametrize("argv,message", [
     (["{bad}/corrupt.mp4"], "corrupt.mp4: not a video that FFmpeg can read"),
     (["{bad}/noise.mp4"], "noise.mp4: not a video that FFmpeg can read"),
+    (["{bad}/cut-in-frame-0.mp4"], "cut-in-frame-0.mp4: corrupt, not one frame decodes"),
     (["{bad}/empty"], "empty: no .jpg/.jpeg/.png files"),
     (["{bad}/broken-frame"], "2.png: unreadable image"),
     (["{video}", "{bad}/missing.mp4"], "missing.mp4: no such video file or folder"),
@@ -189,7 +276,6 @@ def test_the_checkpoints_class_colours_colour_the_maps(video, checkpoint, tmp_pa
     run(video, "--checkpoint", tmp_path / "coloured", "--out", tmp_path / "out")
     png = Image.open(tmp_path / "out" / "synthetic" / "00000.png")
     assert png.mode == "P" and np.array(png.getpalette()[:12]).reshape(4, 3).tolist() == palette
-
 
 
 def test_the_videos_legend_keeps_its_size_and_its_order_whatever_is_in_view():
