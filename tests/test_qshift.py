@@ -446,12 +446,16 @@ def test_clip_len_runs_independent_clips_with_zeros_at_their_ends():
 # semantic_segmentation against HF's post-processing
 
 
+def random_logits(seed, frames):
+    """Class logits (frames, 10, 6) and mask logits (frames, 10, 16, 24), and HF's output that holds them."""
+    torch.manual_seed(seed)
+    class_logits, mask_logits = torch.randn(frames, 10, 6), 3 * torch.randn(frames, 10, 16, 24)
+    return class_logits, mask_logits, MaskFormerForInstanceSegmentationOutput(class_queries_logits=class_logits,
+                                                                              masks_queries_logits=mask_logits)
+
+
 def test_semantic_maps_equal_hf_post_processing():
-    torch.manual_seed(3)
-    class_logits = torch.randn(3, 10, 6)
-    mask_logits = 3 * torch.randn(3, 10, 16, 24)
-    output = MaskFormerForInstanceSegmentationOutput(class_queries_logits=class_logits,
-                                                     masks_queries_logits=mask_logits)
+    class_logits, mask_logits, output = random_logits(3, 3)
     processor = MaskFormerImageProcessor()
     theirs = processor.post_process_semantic_segmentation(output, target_sizes=[(64, 96)] * 3)
     ours = semantic_segmentation(class_logits, mask_logits, (64, 96))
@@ -464,11 +468,7 @@ def test_semantic_maps_equal_hf_post_processing():
 
 def test_semantic_maps_against_hf_mask2former_post_processing():
     # HF's Mask2Former post-processing first resizes the mask logits to 384x384; with that step added ours is theirs
-    torch.manual_seed(4)
-    class_logits = torch.randn(2, 10, 6)
-    mask_logits = 3 * torch.randn(2, 10, 16, 24)
-    output = MaskFormerForInstanceSegmentationOutput(class_queries_logits=class_logits,
-                                                     masks_queries_logits=mask_logits)
+    class_logits, mask_logits, output = random_logits(4, 2)
     theirs = torch.stack(Mask2FormerImageProcessor().post_process_semantic_segmentation(output, [(64, 96)] * 2))
     at_384 = torch.nn.functional.interpolate(mask_logits, size=(384, 384), mode="bilinear", align_corners=False)
     assert torch.equal(semantic_segmentation(class_logits, at_384, (64, 96)), theirs)
