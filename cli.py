@@ -201,13 +201,13 @@ def read_ahead(items, pool, ahead):
         yield item
 
 
-def segment(model, frames, chunk=8, amp=None, clip_len=None):
+def segment(model, frames, chunk=8, amp=None, clip_len=None, online=False):
     """(frame, class map (H, W) on the model's device) for frames, dicts that hold the frame's "pixel_values"
     (3, H, W), in order, through qshift.predict_video: each pair as soon as its map is known; the frames waiting for
-    their maps are a few, whatever the video's length. A causal model runs online, one frame at a time: each map comes
-    as soon as its frame is read."""
+    their maps are a few, whatever the video's length. online: a causal model runs one frame at a time, so that each
+    map comes as soon as its frame is read (predict.py; evaluation keeps its chunks, which are faster)."""
     from qshift import predict_video
-    waiting, chunk = collections.deque(), 1 if model.settings.causal else chunk
+    waiting, chunk = collections.deque(), 1 if online and model.settings.causal else chunk
 
     def pixel_values():
         for frame in frames:

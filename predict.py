@@ -293,7 +293,8 @@ def predict_input(model, path, out, short_side=480, chunk=8, amp=None, overwrite
             decoded = ({**model_input(frame_name, rgb, short_side), "pts": pts, "duration": duration}
                        for frame_name, rgb, pts, duration in frames)  # in the reader
             writes = collections.deque()
-            for frame, pred in cli.segment(model, cli.read_ahead(decoded, reader, chunk + 2), chunk, amp):
+            ahead = cli.read_ahead(decoded, reader, chunk + 2)
+            for frame, pred in cli.segment(model, ahead, chunk, amp, online=True):
                 if size is None:
                     size = frame["size"]
                 elif frame["size"] != size:

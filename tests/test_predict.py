@@ -199,7 +199,7 @@ def test_a_causal_model_is_online_each_map_comes_once_its_frame_is_read(frames):
     for causal, chunk, lookahead in ((True, 8, 0), (False, 1, 1)):  # causal: one frame at a time, whatever chunk
         model = build_model(tiny_config(4), 8, True, causal).eval()
         read.clear()
-        for t, (frame, pred) in enumerate(cli.segment(model, model_inputs(), chunk)):
+        for t, (frame, pred) in enumerate(cli.segment(model, model_inputs(), chunk, online=True)):
             assert frame["name"] == f"{t}" and pred.shape == (64, 96)
             assert len(read) == min(T, t + 1 + lookahead)  # a bidirectional model waits for frame t+1
 
