@@ -72,7 +72,9 @@ def test_a_short_run_learns_and_writes_loadable_checkpoints(tmp_path):
 
 
 def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path):
-    flags = [*SMALL, "--max-steps", "6", "--shift", "8"]
+    """In fp16 with its gradient scaler (autocast and GradScaler run on the CPU too), whose state is saved with the
+    optimizer's and the random generators': a resumed run matches an uninterrupted one bit for bit."""
+    flags = [*SMALL, "--max-steps", "6", "--shift", "8", "--amp", "fp16", "--device", "cpu"]
     train(*flags, out=tmp_path / "whole")
     train(*flags, "--stop-at", "3", out=tmp_path / "split")
     assert max(losses(tmp_path / "split")) == 3
@@ -84,6 +86,9 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path):
     # last and best are now step 6: the checkpoint of step 3 is pruned, and no temporary folder is left
     assert sorted(p.name for p in (tmp_path / "split").glob("*step-*")) == ["step-0000006"]
     assert os.readlink(tmp_path / "split" / "last") == os.readlink(tmp_path / "split" / "best") == "step-0000006"
+    assert json.loads((tmp_path / "split" / "config.json").read_text())["precision"] == "fp16"
+    state = torch.load(tmp_path / "whole" / "last" / "train_state.pt", weights_only=False)
+    assert state["scaler"]["scale"] > 1  # the loss was scaled: fp16's small gradients kept
 
 
 def torchrun(processes, *flags, out):
@@ -244,7 +249,8 @@ def before_torch(script, *flags):
 
 
 @pytest.mark.parametrize("script,flags,status", [  # train.py's --help lists qshift.Settings' flags: it loads torch
-    ("train.py", ["--data", "vspw"], 2), ("train.py", ["--clip-len", "0"], 2), ("evaluate.py", ["--help"], 0), ("evaluate.py", ["--checkpoint", "nowhere"], 2),
+    ("train.py", ["--data", "vspw"], 2), ("train.py", ["--clip-len", "0"], 2),
+    ("evaluate.py", ["--help"], 0), ("evaluate.py", ["--checkpoint", "nowhere"], 2),
     ("bench.py", ["--help"], 0), ("bench.py", ["--device", "tpu"], 2),
     ("predict.py", ["--help"], 0), ("predict.py", ["nowhere.mp4", "--checkpoint", "nowhere"], 2)])
 def test_help_and_flag_errors_answer_before_torch_loads(script, flags, status):
@@ -252,12 +258,10 @@ def test_help_and_flag_errors_answer_before_torch_loads(script, flags, status):
 
 
 def test_the_settings_flags_are_checked_by_qshift_before_anything_is_built(tmp_path):
+    """Every bad value is qshift.Settings' to refuse (tests/test_qshift.py has them all); train.py passes the one
+    line on. The names of all placements are accepted."""
     for flags, words in [
             (["--shift-at", "pixel"], "shift_at pixel (--shift-at): choose one or more of backbone, queries, pixels"),
-            (["--shift-at", "queries,queries"], "shift_at queries,queries (--shift-at)"),
-            (["--shift-at", ""], "shift_at  (--shift-at): choose"),
-            (["--match-by", "mask"], "match_by mask (--match-by): choose queries or masks"),
-            (["--shift", "-8"], "shift_div -8 (--shift): must be a whole number of at least 0"),
             (["--shift-at", ",".join(qshift.PLACEMENTS), "--data", "vspw"], "--data vspw needs --root")]:
         expect_error(train(*flags, out=tmp_path / "run", check=False), words)
     assert not (tmp_path / "run").exists()
@@ -333,18 +337,3 @@ def test_amp_takes_bf16_where_the_gpu_computes_it_and_fp16_elsewhere(monkeypatch
         assert cli.amp_dtype("auto", cuda) is dtype
     assert cli.amp_dtype("auto", torch.device("cpu")) is torch.bfloat16
     assert [cli.amp_dtype(a, cuda) for a in ("off", "bf16", "fp16")] == [None, torch.bfloat16, torch.float16]
-
-
-def test_fp16_trains_with_a_gradient_scaler_and_resumes_exactly(tmp_path):
-    """The fp16 path on the CPU (autocast and GradScaler both run there): the scale is saved and restored, so a
-    resumed run matches an uninterrupted one bit for bit."""
-    flags = [*SMALL, "--max-steps", "4", "--amp", "fp16", "--device", "cpu"]
-    train(*flags, out=tmp_path / "whole")
-    train(*flags, "--stop-at", "2", out=tmp_path / "split")
-    train("--resume", out=tmp_path / "split")
-    whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
-    assert sorted(whole) == [1, 2, 3, 4] and split == whole
-    assert json.loads((tmp_path / "whole" / "config.json").read_text())["precision"] == "fp16"
-    state = torch.load(tmp_path / "whole" / "last" / "train_state.pt", weights_only=False)
-    assert state["scaler"]["scale"] > 1  # the loss was scaled: fp16's small gradients kept
-    assert json.loads((tmp_path / "split" / "config.json").read_text())["precision"] == "fp16"
