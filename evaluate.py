@@ -211,7 +211,7 @@ def run_markdown(run):
     r = run["results"]
     scored = ("whole videos" if not run["clip_len"] else f"clips of {run['clip_len']} frames") + \
         "".join(f", {key} {value:g}" for key, value in sorted(run["world"].items()))
-    settings = ", ".join(f"{f.name} {','.join(v) if isinstance(v := run[f.name], list) else v}"
+    settings = ", ".join(f"{f.name} {','.join(v) if isinstance(v := run[f.name], (list, tuple)) else v}"
                          for f in fields(Settings))
     lines = [f"# {run['checkpoint']} on {run['data']} {run['split']}", "",
              f"{settings} ({run['channels']} channels shifted); {scored}", ""]

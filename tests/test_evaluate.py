@@ -330,7 +330,9 @@ def test_own_clips_splits_and_data_sets_never_overwrite_each_other(checkpoint, t
     assert json.loads((run / "eval-clips-clips-all.json").read_text())["results"]["num_videos"] == 2
     assert json.loads((run / "eval-clips-clips-val.json").read_text())["results"]["num_videos"] == 1
     assert json.loads((run / "eval-synthetic-val-first1.json").read_text())["data"] == "synthetic"
-    assert (run / "eval-clips-clips-val.md").read_text().startswith(f"# {checkpoint} on clips val")
+    report = (run / "eval-clips-clips-val.md").read_text()
+    assert report.startswith(f"# {checkpoint} on clips val\n\nshift_div 8, match True, causal False, shift_at queries, "
+                             "match_by queries, reach 1 (8 channels shifted); whole videos\n")  # as Settings names them
     (tmp_path / "other").mkdir()
     (tmp_path / "clips").rename(tmp_path / "other" / "more-clips")  # another folder of own clips: its own files
     main(["--checkpoint", str(checkpoint), "--data", "clips", "--root", str(tmp_path / "other" / "more-clips"),
