@@ -41,6 +41,13 @@ def check_at_least(args, lows):
             fail(f"{flag} {value}: must be at least {low}")
 
 
+def add_amp(parser, default="off"):
+    """--amp: mixed precision, the same for every script; --amp alone is auto (see amp_dtype)."""
+    parser.add_argument("--amp", nargs="?", const="auto", default=default, choices=["off", "auto", "bf16", "fp16"],
+                        help=f"mixed precision: --amp alone takes bf16 where the device computes it natively, else "
+                        f"fp16 (GPUs before Ampere: V100, T4); --amp bf16 or fp16 forces one ({default or 'off'})")
+
+
 def device_name(text):
     """--device's type: cpu, cuda or cuda:N (whether that GPU is there is checked by `device`, once torch loads)."""
     if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
@@ -171,20 +178,20 @@ def load_model(flag, name, **kwargs):
 
 
 def device(name=None):
-    """The torch.device for --device (None: cuda when present, else cpu), with TF32 matmuls on CUDA (Ampere and
-    later; see docs/details.md on precision); fail if that GPU is not here."""
+    """The torch.device for --device (None: cuda when present, else cpu), with TF32 matmuls and convolutions on CUDA
+    (Ampere and later; see docs/details.md on precision); fail if that GPU is not here."""
     import torch
     dev = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda":
         if not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count():
             fail(f"--device {name}: no such CUDA device here")
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = "tf32"
     return dev
 
 
 def amp_dtype(amp, device):
-    """train.py's --amp (off, auto, bf16, fp16) on device as an autocast dtype, or None. auto takes bf16 where the
-    device computes it natively (CPUs, GPUs from Ampere on), else fp16, which needs its loss scaled (GradScaler)."""
+    """--amp (off, auto, bf16, fp16) on device as an autocast dtype, or None. auto takes bf16 where the device
+    computes it natively (CPUs, GPUs from Ampere on), else fp16, whose training needs its loss scaled (GradScaler)."""
     import torch
     if amp == "auto":
         native = device.type != "cuda" or torch.cuda.is_bf16_supported(including_emulation=False)

@@ -3,8 +3,8 @@ Evaluate a trained qshift model: mIoU, pixel accuracy, VSPW's video consistency 
 predictions and pictures like the paper's Figures 2-3.
 
     python evaluate.py --checkpoint RUN/best [--data vspw --root ROOT] [--split val] [--clip-len T] [--world KNOBS]
-        [--save-predictions DIR] [--visualize DIR --num-vis N --vis-frames A B] [--max-videos N] [--amp]
-        [--device cuda]
+        [--save-predictions DIR] [--visualize DIR --num-vis N --vis-frames A B] [--max-videos N]
+        [--amp [off|auto|bf16|fp16]] [--device cuda]
         -> RUN/eval-<data>-<split>.json and .md (own clips: eval-clips-<folder>-<split>.*; a synthetic world's
            knobs after the data set, eval-synthetic-hide_run3-val.*; -clip<T> added with --clip-len T, -first<N>
            with --max-videos N)
@@ -24,8 +24,8 @@ import json
 import math
 from pathlib import Path
 
-from cli import (check_at_least, check_checkpoint, count, device_name, fail, first_line, make_parser, parse_world,
-                 world_name)
+from cli import (add_amp, check_at_least, check_checkpoint, count, device_name, fail, first_line, make_parser,
+                 parse_world, world_name)
 
 DATA_SETS = ("vspw", "cityscapes-vps", "clips", "synthetic")
 
@@ -64,7 +64,7 @@ def parse_args(argv=None):
                         "(default: 6 frames spread over the video)")
     parser.add_argument("--max-videos", type=int, help="evaluate the first N videos only (a quick look)")
     parser.add_argument("--chunk", type=int, default=8, help="frames the image model runs on at once (8)")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    add_amp(parser)
     parser.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda when present)")
     args = parser.parse_args(argv)
     if args.checkpoint is None:
@@ -130,10 +130,10 @@ def evaluate(model, dataset, device=None, clip_len=None, amp=None, progress=True
 
     Whole videos run as one clip each (memory bounded by a few chunks of frames, see qshift.stream_logits), or as
     independent clips of clip_len frames. device: where the model and metrics run (default: the model's device);
-    amp: an autocast dtype (torch.bfloat16) or None. save_predictions: a folder for DIR/<video>/<frame>.png in raw
-    ids; visualize: a folder for <video>.png pictures of the first num_vis videos (vis_frames (a, b): of its frames
-    a..b, else of 6 spread over it). Frames are read and PNGs written by two threads while the model runs. The
-    model's train/eval mode is restored afterwards.
+    amp: an autocast dtype (torch.bfloat16, torch.float16) or None. save_predictions: a folder for
+    DIR/<video>/<frame>.png in raw ids; visualize: a folder for <video>.png pictures of the first num_vis videos
+    (vis_frames (a, b): of its frames a..b, else of 6 spread over it). Frames are read and PNGs written by two
+    threads while the model runs. The model's train/eval mode is restored afterwards.
 
     Distributed (torch.distributed initialised, e.g. train.py under torchrun), every rank must call it: each scores
     the videos rank, rank + world, ..., saves and draws those only, and returns the scores of all the videos.
@@ -150,7 +150,7 @@ def evaluate(model, dataset, device=None, clip_len=None, amp=None, progress=True
     palette = raw_palette(dataset, colours, len(class_names))
     scores = Scores(dataset.num_classes, len(videos), dataset.background_class, device)
     bar = tqdm(total=sum(len(dataset.videos[v][1]) for v in mine), unit="frame", disable=not progress or rank > 0)
-    pin = device.type == "cuda"  # labels in pinned memory go to the GPU without a wait
+    pin = device.type == "cuda"  # labels pinned by the reader thread: their upload (qshift.to_device) does not pin
 
     def read(v, t):
         frame = dataset.frame(v, t)
@@ -254,7 +254,7 @@ def main(args):
         fail(f"--data {args.data}: {dataset.num_classes} classes, but the checkpoint {checkpoint} has {num_labels}")
     device = cli.device(args.device)
     try:
-        amp = torch.bfloat16 if args.amp else None
+        amp = cli.amp_dtype(args.amp, device)
         results = evaluate(model, dataset, device, args.clip_len, amp, save_predictions=args.save_predictions,
                            visualize=args.visualize, num_vis=args.num_vis, chunk=args.chunk, max_videos=args.max_videos,
                            vis_frames=args.vis_frames)

@@ -7,7 +7,8 @@ copy each frame's cost matrix to the CPU as soon as it is computed: every copy m
 has caught up, so a step waits once per frame, and once per frame per decoder layer with the auxiliary losses
 (Mask2Former's default). As DETR's matcher does, we first queue every frame's cost matrix on the device, copy them
 all to the CPU at once, and only then solve each one: one wait per call, whatever the number of frames. The costs
-and the random points are HF's own (same functions, same weights, same order), so the assignments are HF's.
+and the random points are HF's own (same functions, same weights, same order), so the assignments are HF's;
+under autocast the costs are still float32, where HF's would be half precision.
 
 Shapes: N = B*T frames, Q queries, L classes (+1, the null class, last), K_i target masks in frame i, K = sum K_i.
     masks_queries_logits (N, Q, h, w), class_queries_logits (N, Q, L+1)
@@ -29,6 +30,8 @@ from scipy.optimize import linear_sum_assignment
 from transformers.models.mask2former.modeling_mask2former import pair_wise_sigmoid_cross_entropy_loss, sample_point
 from transformers.models.maskformer.modeling_maskformer import pair_wise_dice_loss, pair_wise_sigmoid_focal_loss
 
+from qshift import to_device
+
 
 class HungarianMatcher(nn.Module):
     """HF's matcher (same arguments, same result) with one host wait per call. num_points None: MaskFormer's costs
@@ -40,14 +43,13 @@ class HungarianMatcher(nn.Module):
 
     def frame_cost(self, class_logits, mask_logits, labels, targets):
         """One frame's cost matrix (Q, K_i), as HF computes it: class_logits (Q, L+1), mask_logits (Q, h, w),
-        labels (K_i,), targets (K_i, H, W). It stays on the device: nothing here waits."""
+        labels (K_i,), targets (K_i, H, W), all float32. It stays on the device: nothing here waits."""
         cost_class = -class_logits.softmax(-1)[:, labels]  # 1 - p(class), less the 1 that changes no assignment
-        if self.num_points is None:  # MaskFormer: every pixel at the predictions' size, targets in their own dtype
+        if self.num_points is None:  # MaskFormer: every pixel at the predictions' size
             preds = mask_logits.flatten(1)  # (Q, h*w)
             targets = F.interpolate(targets[:, None], size=mask_logits.shape[-2:], mode="nearest").flatten(1)
             cost_mask = pair_wise_sigmoid_focal_loss(preds, targets)
         else:  # Mask2Former: the same P random points in every mask; drawn as HF draws them, one set per frame
-            targets = targets.to(mask_logits)  # HF samples the targets in the logits' dtype
             points = torch.rand(1, self.num_points, 2, device=mask_logits.device)  # (1, P, 2) in [0, 1]^2
             targets = sample_point(targets[:, None], points.repeat(len(targets), 1, 1), align_corners=False)[:, 0]
             preds = sample_point(mask_logits[:, None], points.repeat(len(mask_logits), 1, 1), align_corners=False)[:, 0]
@@ -59,17 +61,18 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def forward(self, masks_queries_logits, class_queries_logits, mask_labels, class_labels):
-        frames = zip(class_queries_logits, masks_queries_logits, class_labels, mask_labels)
-        costs = [self.frame_cost(*frame) for frame in frames]  # N x (Q, K_i), queued on the device
+        # float32 costs, autocast off (as the original Mask2Former's matcher): in fp16 a confident mask's focal cost
+        # overflows to inf, every such candidate then costs the same and the assignment changes; bf16 rounds some apart
+        with torch.autocast(masks_queries_logits.device.type, enabled=False):
+            frames = zip(class_queries_logits.float(), masks_queries_logits.float(), class_labels,
+                         [targets.float() for targets in mask_labels])
+            costs = [self.frame_cost(*frame) for frame in frames]  # N x (Q, K_i), queued on the device
         sizes = [cost.shape[1] for cost in costs]
         costs = torch.cat(costs, dim=1).cpu()  # (Q, K): the call's one wait for the device
         pairs = [linear_sum_assignment(cost) for cost in costs.split(sizes, dim=1)]  # N x (rows, cols), CPU
         # every pair back to the device in one copy, which does not wait: (2, sum of min(Q, K_i)) int64
         matched = torch.from_numpy(np.concatenate([np.stack(pair) for pair in pairs], axis=1).astype(np.int64))
-        device = masks_queries_logits.device
-        if device.type == "cuda":
-            matched = matched.pin_memory()  # page-locked, so that non_blocking truly does not block
-        matched = matched.to(device, non_blocking=True)
+        matched = to_device(matched, masks_queries_logits.device)
         return [tuple(pair) for pair in matched.split([len(rows) for rows, _ in pairs], dim=1)]
 
 

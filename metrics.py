@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from data import IGNORE_INDEX
+from qshift import to_device
 
 TITLES = {"miou": "mIoU", "pixel_acc": "pix. acc.", "mvc8": "mVC8", "mvc16": "mVC16",
           "hidden_miou": "hidden-cue mIoU", "hidden_acc": "hidden-cue acc.",
@@ -133,14 +134,14 @@ class Scores:
         self.counts["frames"] += 1
         if label is None:
             return
-        label = label.to(pred.device, non_blocking=True)  # no wait from pinned memory (evaluate pins on CUDA)
+        label = to_device(label, pred.device)
         self.counts["labelled"] += 1
         self.metrics["all"].update(pred, label)
         for vc in self.vcs.values():
             vc.update(pred, label)
         if cue_distance is not None:
             self.counts["cued"] += 1
-            distance = cue_distance.to(pred.device, non_blocking=True)
+            distance = to_device(cue_distance, pred.device)
             hidden = distance > 0
             objects = (label != self.background_class) & (label != IGNORE_INDEX)
             last = CUE_DISTANCES[-1]

@@ -1,7 +1,8 @@
 """
 Segment your videos with a trained qshift model: a class map per frame, and the video beside its segmentation.
 
-    python predict.py INPUT [INPUT ...] --checkpoint CKPT [--out DIR] [--short-side N] [--amp] [--device D]
+    python predict.py INPUT [INPUT ...] --checkpoint CKPT [--out DIR] [--short-side N]
+        [--amp [off|auto|bf16|fp16]] [--device D]
 
 INPUT is a video file (whatever FFmpeg decodes: mp4, webm, avi, gif, ...) or a folder of frames (.jpg, .png) in
 natural order (frame2 before frame10), as own clips are read. CKPT is a folder written by train.py (RUN/best) or by
@@ -33,7 +34,7 @@ input.
 """
 from pathlib import Path
 
-from cli import check_at_least, check_checkpoint, device_name, fail, first_line, is_local, make_parser
+from cli import add_amp, check_at_least, check_checkpoint, device_name, fail, first_line, is_local, make_parser
 
 FOLDER_FPS = 10  # frames per second of the video made from a folder of frames
 
@@ -55,7 +56,7 @@ def parse_args(argv=None):
     parser.add_argument("--chunk", type=int, default=8, help="frames the image model runs on at once (8; a causal "
                         "model takes 1, to stay online)")
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    add_amp(parser)
     parser.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda when present)")
     args = parser.parse_args(argv)
     check_at_least(args, {"--short-side": 0, "--chunk": 1})
@@ -354,7 +355,7 @@ def main(args):
         except data.DataError as e:
             fail(str(e))
     model = load_model(args.checkpoint, device)
-    out, amp, stopped = Path(args.out), torch.bfloat16 if args.amp else None, 0
+    out, amp, stopped = Path(args.out), cli.amp_dtype(args.amp, device), 0
     for path in args.inputs:
         start = time.perf_counter()
         try:

@@ -56,6 +56,16 @@ def frames_to_pixel_values(frames):
     mean255, std255 = (torch.tensor(v, device=frames.device).view(3, 1, 1) * 255 for v in (MEAN, STD))
     return frames.permute(0, 3, 1, 2).float().sub_(mean255).div_(std255)  # (T, 3, H, W)
 
+
+def to_device(x, device):
+    """Copy tensor x to device without making the host wait: a dense CPU tensor bound for a GPU goes through
+    page-locked (pinned) memory, whose copy runs in the background; only those can be pinned, and any other tensor
+    moves as it is (to the CPU blocking, since the host reads it next)."""
+    device = torch.device(device)
+    if device.type == "cuda" and x.device.type == "cpu" and x.layout == torch.strided:
+        x = x.pin_memory()  # no copy if it is pinned already (a DataLoader's pin_memory, evaluate's reader)
+    return x.to(device, non_blocking=device.type != "cpu")
+
 # -----------------------------------------------------------------------------
 # Sec. 3.2: feature shift
 
@@ -137,8 +147,7 @@ def match_queries(q):
             partner = np.empty(Q, dtype=np.int64)
             partner[cols] = rows  # partner[j]: the query of frame t matched to query j of frame t-1
             perm[b, t] = partner[perm[b, t - 1]]
-    perm = torch.from_numpy(perm)  # back without a wait on CUDA: from page-locked memory, not blocking
-    return (perm.pin_memory() if q.is_cuda else perm).to(q.device, non_blocking=True)
+    return to_device(torch.from_numpy(perm), q.device)
 
 
 def shift_queries(q, shift_div, match=True, causal=False, match_on=None, reach=1):
@@ -405,34 +414,26 @@ def stream_logits(model, frames, chunk=8, amp=None):
     frames: iterable of pixel_values (3, H, W). Yields (class_logits (n, Q, L+1), mask_logits (n, Q, H/4, W/4)) in
     float32 for the next n frames, equal to the model's output on the whole clip. The backbone runs `chunk` frames
     at a time; each shift in series keeps `reach` frames of context each side (the past only when causal), so frame
-    t waits for frame t+r (t+2r with backbone and a later placement). amp: an autocast dtype (torch.bfloat16) or None.
+    t waits for frame t+r (t+2r with backbone and a later placement). amp: an autocast dtype (torch.bfloat16,
+    torch.float16) or None; every step runs under it. frames may be on any device: CPU ones are uploaded pinned.
     """
     device, frames = next(model.parameters()).device, iter(frames)
-    autocast, pin = torch.autocast(device.type, dtype=amp, enabled=amp is not None), device.type == "cuda"
+    # a decorator: autocast is on during each step's call, never across a yield (it would leak into the caller)
+    autocast = torch.autocast(device.type, dtype=amp, enabled=amp is not None)
 
-    def features():  # backbone maps of `chunk` frames at a time; never yield inside autocast: it would leak out
+    def features():  # backbone maps of `chunk` frames at a time
         while batch := list(itertools.islice(frames, chunk)):
-            batch = torch.stack(batch)  # pinned, the copy to the GPU does not wait for it
-            with autocast:
-                maps = model.backbone((batch.pin_memory() if pin else batch).to(device, non_blocking=True))
-            yield maps
-
-    def decoded(batches):
-        for maps in batches:
-            with autocast:
-                queries, pixel_embeddings, _ = model.decode(maps)
-            yield [queries, pixel_embeddings]
+            yield autocast(model.backbone)(to_device(torch.stack(batch), device))
 
     s = model.settings
     stage = features()
     if "backbone" in s.shift_at and s.shift_div:
-        stage = _sliding(stage, model.shift_backbone, s.causal, s.reach)
-    stage = decoded(stage)
-    if {"queries", "pixels"} & set(s.shift_at) and s.shift_div:
-        stage = _sliding(stage, lambda window: list(model.shift_decoded(*window)), s.causal, s.reach)
+        stage = _sliding(stage, autocast(model.shift_backbone), s.causal, s.reach)
+    stage = (list(autocast(model.decode)(maps)[:2]) for maps in stage)  # [queries, pixel embeddings]
+    if {"queries", "pixels"} & set(s.shift_at) and s.shift_div:  # matching by masks runs the heads: autocast too
+        stage = _sliding(stage, autocast(lambda window: list(model.shift_decoded(*window))), s.causal, s.reach)
     for queries, pixel_embeddings in stage:
-        with autocast:
-            class_logits, mask_logits = model.heads(queries, pixel_embeddings)
+        class_logits, mask_logits = autocast(model.heads)(queries, pixel_embeddings)
         yield class_logits.float(), mask_logits.float()
 
 

@@ -90,9 +90,7 @@ parser.add_argument("--stop-at", type=int, help="save and exit after this step, 
                     "goes on")
 parser.add_argument("--seed", type=int, help="(0)")
 parser.add_argument("--workers", type=int, help="DataLoader workers, at most the cores there are")
-parser.add_argument("--amp", nargs="?", const="auto", choices=["off", "auto", "bf16", "fp16"],
-                    help="mixed precision: --amp alone takes bf16 where the device supports it, else fp16 with a "
-                    "gradient scaler (GPUs before Ampere: V100, T4); --amp bf16 or fp16 forces one (off)")
+cli.add_amp(parser, default=None)  # None: the saved run's, else off
 parser.add_argument("--eval-every", type=int, help="validate every N steps (0: only at the end)")
 parser.add_argument("--val-videos", type=int, help="validate on the first N videos only (0: all)")
 parser.add_argument("--log-every", type=int, help="(10)")
@@ -139,7 +137,7 @@ import matcher
 from data import DataError, build_dataset, collate
 from evaluate import evaluate
 from metrics import summary
-from qshift import Settings
+from qshift import Settings, to_device
 from tiny import build_model, tiny_config
 
 parser.add_argument("-h", "--help", action="help", help="show this help message and exit")
@@ -168,12 +166,12 @@ cli.quiet_transformers()  # its bars at every save would cut into ours
 
 ddp = "RANK" in os.environ
 rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+if ddp and config["device"] not in (None, "cpu", "cuda"):  # torchrun gives process LOCAL_RANK its GPU
+    fail(f"--device {config['device']}: under torchrun use cuda (or cpu); CUDA_VISIBLE_DEVICES picks the GPUs")
 cuda = torch.cuda.is_available() and config["device"] != "cpu"
-device = torch.device(f"cuda:{os.environ['LOCAL_RANK']}" if ddp and cuda else "cpu" if ddp else
-                      cli.device(config["device"]))
+device = cli.device(f"cuda:{os.environ['LOCAL_RANK']}" if ddp and cuda else "cpu" if ddp else config["device"])
 if device.type == "cuda":  # before any CUDA work, so that nothing opens a context on GPU 0
     torch.cuda.set_device(device)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 if ddp:
     # Ranks wait for each other in collectives: in validation, where each rank scores its share of the videos, and
     # while rank 0 writes a checkpoint. NCCL's default timeout, 10 minutes, could abort a run there; two hours is
@@ -336,7 +334,11 @@ def save_checkpoint(name, step, best_miou):
 step, best_miou = 0, -1.0
 if args.resume:
     optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
+    if state["scaler"] or not scaler.is_enabled():  # an fp16 run's scaler; a disabled one ignores it
+        scaler.load_state_dict(state["scaler"])
+    if master and saved.get("precision", config["precision"]) != config["precision"]:
+        print(f"--resume: the run was trained in {saved['precision']} and goes on in {config['precision']}"
+              f"{' with a fresh gradient scaler' if scaler.is_enabled() else ''}", file=sys.stderr)
     step, best_miou = state["step"], state["best_miou"]
     own = state["rng"][rank]  # this rank's own draws
     torch.set_rng_state(own["torch"])
@@ -375,10 +377,10 @@ for batch in batches(step):
     lr = learning_rate(step)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    # pinned by the DataLoader on CUDA, so the copies run in the background
-    pixel_values = batch["pixel_values"].to(device, non_blocking=True)  # (B, T, 3, H, W)
-    mask_labels = [m.to(device, non_blocking=True).float() for m in batch["mask_labels"]]  # B*T x (n, H, W)
-    class_labels = [c.to(device, non_blocking=True) for c in batch["class_labels"]]  # B*T x (n,)
+    # pinned by the DataLoader's thread on CUDA, so the copies run in the background
+    pixel_values = to_device(batch["pixel_values"], device)  # (B, T, 3, H, W)
+    mask_labels = [to_device(m, device).float() for m in batch["mask_labels"]]  # B*T x (n, H, W)
+    class_labels = [to_device(c, device) for c in batch["class_labels"]]  # B*T x (n,)
     with autocast:
         loss = model(pixel_values, mask_labels=mask_labels, class_labels=class_labels).loss
     recent.append(loss.detach())
