@@ -5,6 +5,8 @@ Benchmarks of qshift, every figure measured side by side in one run (in the styl
                                      # TF32), else the CPU (256x256, fp32): hours on 1 CPU core
     python bench.py --quick          # smaller sizes and budgets (QUICK below): about 20 minutes on 1 CPU core
     python bench.py --json           # one JSON object instead of the Markdown table
+    python bench.py --json-out F     # and F rewritten after every section with the figures so far
+    python bench.py --sections fps   # frames per second alone (on CUDA batch 1, 854x480 frames; see fps)
     python bench.py --threads 1      # on a machine busy with other jobs, where two threads on two cores crawl
     python bench.py --device cuda --frames 16 --size 512 --budget 120 --precision 0.002
 
@@ -13,7 +15,8 @@ with the Swin-T architecture of facebook/maskformer-swin-tiny-ade, random weight
 frames per second in inference and training, matching's share of the forward time and, on CUDA, peak memory of one
 clip (the models compared are listed in `variants`); (2) peak memory of
 whole-video inference, streamed (qshift.predict_video) beside the video run as one clip; (3) 16-frame training
-clips per second from VSPW-like 480p files on one loader worker; (4) the confusion-matrix update per 480p frame.
+clips per second from VSPW-like 480p files on one loader worker; (4) the confusion-matrix update per 480p frame;
+(5) frames per second as papers report them: absolute, batch 1, offline and online (see fps); (6) Mask2Former's cost.
 Time ratios come from blocks of runs A B B A after a warm-up: the median of the blocks' ratios, with blocks added
 until its 95% interval is within ±--precision (0.5%) or --budget seconds per ratio are spent (see side_by_side).
 A control pair, the frame-by-frame model timed against itself, shows the timing's noise floor.
@@ -27,6 +30,7 @@ import os
 
 from cli import device_name, fail, make_parser
 
+SECTIONS = ("fps", "cost", "memory", "data", "metrics", "mask2former")  # in the order they run
 QUICK = dict(frames=4, size=64, min_blocks=3, budget=75.0, mem_frames=[16, 64], mem_size=64, clips=6)
 
 
@@ -62,14 +66,24 @@ def parse_args(argv=None):
     parser.add_argument("--mem-frames", type=positive, nargs=2, default=[16, 128], help="the two video lengths")
     parser.add_argument("--mem-size", type=positive, default=128, help="frame height and width for the memory figures")
     parser.add_argument("--clips", type=positive, default=20, help="clips timed for the data figures")
+    parser.add_argument("--fps-frames", type=positive, help="frames of the fps section's clip (CUDA 64, CPU 4)")
+    parser.add_argument("--fps-size", type=positive, nargs=2, metavar=("H", "W"),
+                        help="frame size of the fps section (CUDA 480 854, VSPW's 480p; CPU 32 56)")
     parser.add_argument("--quick", action="store_true", help=f"smaller defaults: {QUICK}")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast (default: on CUDA only)")
+    parser.add_argument("--amp", nargs="?", const="auto", choices=["off", "auto", "bf16", "fp16"],
+                        help="autocast; --amp alone (auto): bf16 where the device computes it natively, else fp16 "
+                        "(default: auto on CUDA, off on the CPU)")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), metavar="NAME",
+                        help=f"the sections to run, of {' '.join(SECTIONS)} (default: all), always in that order")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--json-out", metavar="FILE", help="rewrite FILE after every section with the figures so far")
     args = parser.parse_args(argv)
     if args.quick:
         args = parser.parse_args(argv, argparse.Namespace(**QUICK))  # preset attributes take no defaults
     if args.mem_frames[0] >= args.mem_frames[1]:
         fail(f"--mem-frames {args.mem_frames[0]} {args.mem_frames[1]}: the second must be the longer video")
+    if args.json_out and not os.path.isdir(os.path.dirname(os.path.abspath(args.json_out))):
+        fail(f"--json-out {args.json_out}: its folder does not exist")
     return args
 
 
@@ -216,7 +230,7 @@ def variants(config, device, shifted=SHIFTED):
                                     against) for name, settings, against in shifted]
 
 
-def model_cost(models, frames, size, device, amp=False, **timing):
+def model_cost(models, frames, size, device, amp=None, **timing):
     """Speed and memory of each (name, model, against) of `models` on one clip (1, frames, 3, size, size): inference
     (forward) and a training step (the model's own loss, AdamW), each model timed side by side with the model named
     `against`; timing: side_by_side's budget, precision, min_blocks.
@@ -226,7 +240,8 @@ def model_cost(models, frames, size, device, amp=False, **timing):
     blocks A B B A), with their _interval (95% interval), _blocks and _precise (side_by_side's; all None for
     the baseline); forward_peak_mib, train_step_peak_mib (peak device memory, None on the CPU); match_pct (for
     models that match: match_queries alone on this clip's decoded queries, in percent of the model's forward time, else
-    None). And the milliseconds of match_queries alone. amp: bf16 autocast.
+    None). And the milliseconds of match_queries alone. amp: an autocast dtype or None; in float16 the training
+    step scales its loss, as train.py does.
     """
     x = torch.randn(1, frames, 3, size, size, device=device)
     config = models[0][1].model.config
@@ -235,7 +250,8 @@ def model_cost(models, frames, size, device, amp=False, **timing):
     mask_labels, class_labels = zip(*(data.mask_targets(frame) for frame in labels))
     shared = dict.fromkeys(p for _, model, _ in models for p in model.parameters())  # each weight once, in order
     optimizer = torch.optim.AdamW(shared, lr=1e-5)
-    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp)
+    autocast = torch.autocast(torch.device(device).type, dtype=amp, enabled=amp is not None)
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=amp == torch.float16)
 
     def forward(model):
         with torch.no_grad(), autocast:
@@ -245,8 +261,9 @@ def model_cost(models, frames, size, device, amp=False, **timing):
         optimizer.zero_grad(set_to_none=True)
         with autocast:
             loss = model(x, list(mask_labels), list(class_labels)).loss
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     by_name = {name: model for name, model, _ in models}
     rows = {name: {"name": name, "against": against} for name, _, against in models}
@@ -285,10 +302,10 @@ def _status_bytes(key):
         return 1024 * next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
 
-def memory_case(mode, frames, size, config, device, amp=False, settings=None):
+def memory_case(mode, frames, size, config, device, amp=None, settings=None):
     """Run in a fresh process: build the model (qshift settings: the paper's by default), run one video of `frames`
     random frames streamed ("stream") or as one clip ("clip"), and return its peak memory above the built model, in
-    MiB. amp: bf16 autocast."""
+    MiB. amp: an autocast dtype or None."""
     torch.set_num_threads(1)  # threads change the time, not the memory
     model = build_model(config, **(settings or {})).to(device).eval()
     gen = torch.Generator().manual_seed(0)
@@ -308,10 +325,10 @@ def memory_case(mode, frames, size, config, device, amp=False, settings=None):
     with torch.no_grad():
         if mode == "stream":  # frames made one at a time, as a video file is read
             video = (torch.randn(3, size, size, generator=gen) for _ in range(frames))
-            for _ in qshift.predict_video(model, video, amp=torch.bfloat16 if amp else None):
+            for _ in qshift.predict_video(model, video, amp=amp):
                 pass
         else:
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(torch.device(device).type, dtype=amp, enabled=amp is not None):
                 model(torch.randn(1, frames, 3, size, size, generator=gen).to(device))
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
@@ -319,7 +336,7 @@ def memory_case(mode, frames, size, config, device, amp=False, settings=None):
     return (_status_bytes("VmHWM") - start) / 2**20
 
 
-def memory(config, frame_counts, size, device, amp=False, settings=None, modes=("stream", "clip")):
+def memory(config, frame_counts, size, device, amp=None, settings=None, modes=("stream", "clip")):
     """Peak MiB of whole-video inference for the two video lengths, streamed and as one clip (or the `modes` given),
     each case in a fresh process forked from one that has only imported the modules, all at once."""
     context = multiprocessing.get_context("forkserver")
@@ -400,6 +417,71 @@ def metrics_speed(blocks=12, num_classes=data.VSPW_NUM_CLASSES, size=(480, 853))
 
 
 # -----------------------------------------------------------------------------
+# 5. frames per second as papers report them: absolute, batch 1, the method stated (fps_method)
+
+
+FPS_RUNS = 3  # timed passes of each model
+
+
+def fps(config, frames, size, device, amp=None, runs=FPS_RUNS):
+    """Frames per second of the image model (shift 0) and the paper's setting (shift 1/16 + matching), the same
+    weights, on one video of `frames` random frames of size (H, W) made beforehand on the device: offline, the
+    whole clip through qshift.predict_video; online, the causal model (causal=True) one frame at a time (chunk 1),
+    each frame timed from its pixels to its class map. After a warm-up pass of each, `runs` passes of each in turn,
+    on wall time, the device synchronised before and after each timed region (timed).
+
+    Returns, for name image and paper: fps_offline_{name} (frames over the median pass), online_ms_{name} and
+    online_p90_ms_{name} (median and 90th percentile latency, ms), fps_online_{name} (frames over their total time).
+    """
+    torch.manual_seed(0)
+    image = build_model(config, shift_div=0).to(device).eval()
+    models = {"image": (image, image),  # (offline, online): shift 0 has nothing to make causal
+              "paper": (qshift.QShiftSegmenter(image.model), qshift.QShiftSegmenter(image.model, causal=True))}
+    video = torch.randn(frames, 3, *size, device=device)
+
+    def offline(model):
+        for _ in qshift.predict_video(model, video, amp=amp):
+            pass
+
+    def online(model):  # the maps taken one by one, each as soon as its frame is in
+        maps = qshift.predict_video(model, video, chunk=1, amp=amp)
+        return [timed(lambda: next(maps), device) for _ in range(frames)]
+
+    for clip_model, causal_model in models.values():
+        offline(clip_model), online(causal_model)
+    passes = {name: ([], []) for name in models}  # seconds per offline pass, per online frame
+    for _ in range(runs):
+        for name, (clip_model, causal_model) in models.items():
+            passes[name][0].append(timed(lambda: offline(clip_model), device))
+            passes[name][1].extend(online(causal_model))
+    figures = {}
+    for name, (seconds, latencies) in passes.items():
+        figures.update({f"fps_offline_{name}": frames / statistics.median(seconds),
+                        f"online_ms_{name}": 1e3 * statistics.median(latencies),
+                        f"online_p90_ms_{name}": 1e3 * float(np.percentile(latencies, 90)),
+                        f"fps_online_{name}": len(latencies) / sum(latencies)})
+    return figures
+
+
+def precision(amp):
+    """--amp as said in the report: float32 (TF32 matmuls on CUDA), or bf16 or fp16 autocast."""
+    return "float32" if amp == "off" else f"{amp} autocast"
+
+
+def fps_method(settings, device):
+    """How fps measured, in words, for the report: what is counted and what is cached (see qshift.stream_logits)."""
+    (height, width), where = settings["fps_size"], "CPU" if device == "cpu" else "GPU"
+    return (f"Frames per second{' on the CPU, at reduced sizes (not a GPU figure)' if where == 'CPU' else ''}: batch "
+            f"1, one video of {settings['fps_frames']} random {width}x{height} frames made beforehand on the {where} "
+            f"(not counted), {precision(settings['amp'])}; counted: pixels in to each frame's class map at full size; "
+            f"wall time, the device synchronised around each timed region, after a warm-up pass; {FPS_RUNS} passes. "
+            "Offline: qshift.predict_video on the whole clip, the backbone 8 frames at a time (shifted, frame t's map "
+            "waits for frame t+1); online: a causal model, one frame at a time, latency from a frame's pixels to its "
+            "map. Nothing is cached across frames but, in the shifted model, the streaming halo: the decoded queries "
+            "and pixel embeddings of the last frame (reach 1), which each new frame is matched to and shifted with.")
+
+
+# -----------------------------------------------------------------------------
 
 
 def timing(model, key):
@@ -427,23 +509,57 @@ STREAMED = {  # figure key -> the settings whose streamed memory is measured bes
 
 
 def collect(args, config, m2f_config, clip_len=16, metric_blocks=12):
-    """Every figure, {key: value} (time ratios as timing's dicts), and model_cost's dict per model (MaskFormer's,
-    then Mask2Former's)."""
-    cost = dict(frames=args.frames, size=args.size, device=args.device, amp=args.amp, min_blocks=args.min_blocks,
+    """The figures of args.sections, {key: value} (time ratios as timing's dicts), and model_cost's dict per model
+    (MaskFormer's, then Mask2Former's). After each section, and after a section that fails (before its error is
+    raised), the report so far is written to args.json_out, when given, with sections_done and failed."""
+    amp = cli.amp_dtype(args.amp, torch.device(args.device))
+    cost = dict(frames=args.frames, size=args.size, device=args.device, amp=amp, min_blocks=args.min_blocks,
                 budget=args.budget, precision=args.precision)
-    models, match_ms = model_cost(variants(config, args.device), **cost)
-    m2f, _ = model_cost(variants(m2f_config, args.device, [s for s in SHIFTED if s[0] == PAPER]), **cost)
-    video = (args.mem_frames, args.mem_size, args.device, args.amp)
-    figures = {**model_figures(models, match_ms), **memory(config, *video), **data_speed(args.clips, clip_len),
-               **metrics_speed(metric_blocks)}
-    for key, settings in STREAMED.items():
-        figures[f"stream_ratio_{key}"] = memory(config, *video, settings, modes=("stream",))["stream_ratio"]
-    figures.update(m2f_forward_ratio=timing(m2f[1], "forward"), m2f_train_step_ratio=timing(m2f[1], "train_step"),
-                   m2f_stream_ratio=memory(m2f_config, *video, modes=("stream",))["stream_ratio"])
-    for model in m2f:
-        model["name"] = "Mask2Former, " + model["name"]
-        model["against"] = model["against"] and "Mask2Former, " + model["against"]
-    return figures, models + m2f
+    video = (args.mem_frames, args.mem_size, args.device, amp)
+
+    def maskformer_cost():
+        models, match_ms = model_cost(variants(config, args.device), **cost)
+        return model_figures(models, match_ms), models
+
+    def memory_figures():
+        figures = memory(config, *video)
+        for key, settings in STREAMED.items():
+            figures[f"stream_ratio_{key}"] = memory(config, *video, settings, modes=("stream",))["stream_ratio"]
+        return figures, []
+
+    def mask2former_cost():
+        m2f, _ = model_cost(variants(m2f_config, args.device, [s for s in SHIFTED if s[0] == PAPER]), **cost)
+        figures = dict(m2f_forward_ratio=timing(m2f[1], "forward"), m2f_train_step_ratio=timing(m2f[1], "train_step"),
+                       m2f_stream_ratio=memory(m2f_config, *video, modes=("stream",))["stream_ratio"])
+        for model in m2f:
+            model["name"] = "Mask2Former, " + model["name"]
+            model["against"] = model["against"] and "Mask2Former, " + model["against"]
+        return figures, m2f
+
+    run = {"fps": lambda: (fps(config, args.fps_frames, args.fps_size, args.device, amp), []),
+           "cost": maskformer_cost, "memory": memory_figures,
+           "data": lambda: (data_speed(args.clips, clip_len), []),
+           "metrics": lambda: (metrics_speed(metric_blocks), []), "mask2former": mask2former_cost}
+    figures, models, done = {}, [], []
+    for section in (s for s in SECTIONS if s in args.sections):
+        try:
+            more, more_models = run[section]()
+        except Exception as e:
+            save(args, figures, models, done, failed=f"{section}: {cli.first_line(e)}")
+            raise
+        figures.update(more)
+        models += more_models
+        done.append(section)
+        save(args, figures, models, done)
+    return figures, models
+
+
+def save(args, figures, models, done, failed=None):
+    """Write the report so far to args.json_out (if given) atomically: a reader finds the last one whole."""
+    if args.json_out:
+        with open(args.json_out + ".tmp", "w") as f:
+            json.dump({**report(args, figures, models), "sections_done": done, "failed": failed}, f, indent=2)
+        os.replace(args.json_out + ".tmp", args.json_out)
 
 
 def rows(args):
@@ -451,6 +567,8 @@ def rows(args):
     short, long = args.mem_frames
     clip = f"{args.frames} frames at {args.size}x{args.size}"
     video = f"{args.mem_size}x{args.mem_size}"
+    fps_clip = f"{args.fps_frames} frames at {args.fps_size[1]}x{args.fps_size[0]}, batch 1" + \
+        (", CPU reduced" if args.device == "cpu" else "")
     return [("control_forward_ratio", f"forward time, frame-by-frame / itself: the noise floor ({clip})",
              ("1 ±", 0.01)),
             ("control_train_step_ratio", "training step time (AdamW, HF loss), frame-by-frame / itself",
@@ -475,6 +593,12 @@ def rows(args):
             ("data_ms_per_clip", "one clip in one process (ms)", None),
             ("metrics_ms", "SegMetrics.update, 1 core (ms per 480x853 frame, 124 classes)", ("<=", 2)),
             ("metrics_baseline_ms", "masked bincount, boolean indexing (ms per frame)", None),
+            *[row for name, model, causal in (("image", "image model (shift 0)", ""),
+                                              ("paper", "shift 1/16 + matching", ", causal"))
+              for row in ((f"fps_offline_{name}", f"frames/s offline, {model}, whole clip ({fps_clip})", None),
+                          (f"online_ms_{name}", f"online latency, {model}{causal}: median ms per frame", None),
+                          (f"online_p90_ms_{name}", "the same, 90th percentile (ms)", None),
+                          (f"fps_online_{name}", "the same, frames/s", None))],
             ("m2f_forward_ratio", f"Mask2Former: forward time, shift+matching / frame-by-frame ({clip})",
              ("<=", 1.01)),
             ("m2f_train_step_ratio", "Mask2Former: training step time, shift+matching / frame-by-frame", ("<=", 1.02)),
@@ -502,13 +626,15 @@ def report(args, figures, models=()):
     """The machine, the settings, every figure (with interval, blocks and precise for the time ratios) with its goal
     and whether its value meets it, and model_cost's dict per model, as one dict."""
     table = {}
-    for key, name, goal in rows(args):
+    for key, name, goal in (row for row in rows(args) if row[0] in figures):  # a run's sections so far
         measured = figures[key] if isinstance(figures[key], dict) else {"value": figures[key]}
         table[key] = {"figure": name, **measured, "goal": goal and f"{goal[0]} {goal[1]}",
                       "met": goal and meets(measured["value"], goal)}
-    settings = {k: getattr(args, k) for k in ("quick", "frames", "size", "amp", "min_blocks", "budget", "precision",
-                                              "mem_frames", "mem_size", "clips")}
-    return {"machine": machine(args), "settings": settings, "figures": table, "models": list(models)}
+    settings = {k: getattr(args, k) for k in ("quick", "sections", "frames", "size", "amp", "min_blocks", "budget",
+                                              "precision", "mem_frames", "mem_size", "clips", "fps_frames", "fps_size")}
+    method = fps_method(settings, args.device) if "fps_offline_image" in figures else None
+    return {"machine": machine(args), "settings": settings, "figures": table, "fps_method": method,
+            "models": list(models)}
 
 
 def _number(x):
@@ -535,11 +661,13 @@ def markdown(rep):
     for row in rep["figures"].values():
         met = "" if row["met"] is None else "yes" if row["met"] else "**no**"
         lines.append(f"| {row['figure']} | {_number(row['value'])} | {_spread(row)} | {row['goal'] or ''} | {met} |")
+    if rep["fps_method"]:
+        lines += ["", rep["fps_method"]]
     if rep["models"]:
         clock = "CPU time of the bench process" if m["device"] == "cpu" else "wall time"
-        lines += ["", f"Per model, one clip of {s['frames']} frames at {s['size']}x{s['size']}"
-                  f"{', bf16 autocast' if s['amp'] else ''}, timed on {clock}; time ratios to the model in the second "
-                  "column, run side by side; peak memory: all tensors on the device, weights and optimizer state "
+        lines += ["", f"Per model, one clip of {s['frames']} frames at {s['size']}x{s['size']}, "
+                  f"{precision(s['amp'])}, timed on {clock}; time ratios to the model in the second column, run side "
+                  "by side; peak memory: all tensors on the device, weights and optimizer state "
                   "included (CUDA only)", "",
                   "| model | timed against | inference frames/s | training frames/s | inference time ratio | 95% "
                   "interval (blocks) | training time ratio | 95% interval (blocks) | matching, % of forward "
@@ -563,11 +691,15 @@ def markdown(rep):
 
 
 def settle_device(args):
-    """Fill in what depends on the device: the device, the frame size and bf16 (parse_args runs without torch)."""
-    args.device = str(cli.device(args.device))  # TF32 on CUDA, as train.py
-    cuda = args.device.startswith("cuda")
+    """Fill in what depends on the device: the device, the frame sizes and the precision, auto resolved to bf16 or
+    fp16 (parse_args runs without torch)."""
+    device = cli.device(args.device)  # TF32 on CUDA, as train.py
+    args.device, cuda = str(device), device.type == "cuda"
     args.size = args.size or (480 if cuda else 256)  # on a GPU the paper's size; the CPU would take an hour
-    args.amp = cuda if args.amp is None else args.amp  # bf16 as train.py --amp; CPU autocast is slow on most CPUs
+    args.fps_frames = args.fps_frames or (64 if cuda else 4)
+    args.fps_size = args.fps_size or ([480, 854] if cuda else [32, 56])  # VSPW's 480p on a GPU
+    amp = cli.amp_dtype(args.amp or ("auto" if cuda else "off"), device)  # CPU autocast is slow on most CPUs
+    args.amp = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
     return args
 
 

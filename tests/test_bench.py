@@ -13,7 +13,9 @@ import bench
 from tiny import tiny_config
 
 TINY = ["--frames", "2", "--size", "64", "--min-blocks", "2", "--budget", "0", "--mem-frames", "2", "6", "--mem-size",
-        "64", "--clips", "2", "--device", "cpu"]
+        "64", "--clips", "2", "--fps-frames", "2", "--fps-size", "32", "48", "--device", "cpu"]
+FPS = {f"{figure}_{name}" for figure in ("fps_offline", "online_ms", "online_p90_ms", "fps_online")
+       for name in ("image", "paper")}
 
 
 class FakeRuns:
@@ -157,10 +159,39 @@ def test_the_control_is_the_baseline_itself_and_reach_3_moves_what_reach_1_does(
     assert reach1.settings.reach == 1 and reach1.settings.shift_at == ("pixels",)
 
 
-def test_bf16_autocast_runs_on_the_cpu():  # matching computes its similarities in float32 under autocast
+@pytest.mark.parametrize("amp", [torch.bfloat16, torch.float16])  # float16: the training step scales its loss
+def test_autocast_runs_on_the_cpu(amp):  # matching computes its similarities in float32 under autocast
     models, _ = bench.model_cost(bench.variants(tiny_config(5), "cpu", bench.SHIFTED[1:2]), 2, 32, "cpu",
-                                 amp=True, budget=0, min_blocks=1)
+                                 amp=amp, budget=0, min_blocks=1)
     assert all(math.isfinite(m["train_step_ms"]) and m["train_step_ms"] > 0 for m in models)
+
+
+def test_fps_reduced_on_the_cpu_says_how_it_measured(report):
+    figures = {key: row["value"] for key, row in report["figures"].items() if key in FPS}
+    assert set(figures) == FPS and all(math.isfinite(v) and v > 0 for v in figures.values())
+    for name in ("image", "paper"):
+        assert figures[f"online_p90_ms_{name}"] >= figures[f"online_ms_{name}"]
+    text = bench.markdown(report)
+    assert "| frames/s offline, shift 1/16 + matching, whole clip (2 frames at 48x32, batch 1, CPU reduced) |" in text
+    assert "Frames per second on the CPU, at reduced sizes (not a GPU figure): batch 1, one video of 2 random 48x32 " \
+        "frames made beforehand on the CPU (not counted), float32;" in text and "the streaming halo" in text
+    bf16 = bench.fps(tiny_config(5), 3, (32, 48), "cpu", amp=torch.bfloat16, runs=1)  # the path CUDA takes
+    assert set(bf16) == FPS and all(math.isfinite(v) and v > 0 for v in bf16.values())
+
+
+def test_json_out_holds_the_sections_done_when_a_later_one_fails(tmp_path):
+    out = tmp_path / "bench.json"
+    args = bench.settle_device(bench.parse_args(TINY + ["--sections", "mask2former", "fps", "--json-out", str(out)]))
+    # Mask2Former with 24 query channels: 1/16 of them is no whole number, which qshift refuses as it builds the
+    # paper's model, in the section that runs after fps
+    odd = tiny_config(5, hidden_size=24, family="mask2former")
+    with pytest.raises(ValueError, match="shift_div 16"):
+        bench.collect(args, tiny_config(5, embed_dim=32), odd)
+    saved = json.loads(out.read_text())
+    assert saved["sections_done"] == ["fps"] and saved["failed"].startswith("mask2former: ValueError: shift_div 16")
+    assert set(saved["figures"]) == FPS and saved["models"] == []
+    assert saved["settings"]["sections"] == ["mask2former", "fps"]  # as asked; run in SECTIONS' order
+    assert saved["fps_method"].startswith("Frames per second on the CPU") and list(tmp_path.iterdir()) == [out]
 
 
 def test_goals_are_judged_by_their_direction(report):
@@ -207,29 +238,44 @@ def test_quick_fills_in_only_the_flags_not_given():
     assert (bench.parse_args([]).budget, bench.parse_args(["--budget", "0"]).budget) == (60, 0)
     assert bench.parse_args([]).size is None and bench.parse_args([]).device is None  # settled once torch is there
     cpu = bench.settle_device(bench.parse_args(["--device", "cpu"]))
-    assert cpu.size == 256 and cpu.amp is False
-    assert bench.settle_device(bench.parse_args(["--device", "cpu", "--amp"])).amp is True
+    assert cpu.size == 256 and (cpu.fps_frames, cpu.fps_size) == (4, [32, 56])
+
+
+@pytest.mark.parametrize("flags, amp", [([], "off"), (["--amp"], "bf16"), (["--amp", "auto"], "bf16"),
+                                        (["--amp", "off"], "off"), (["--amp", "bf16"], "bf16"),
+                                        (["--amp", "fp16"], "fp16")])
+def test_amp_on_the_cpu_is_off_unless_asked_and_auto_is_bf16(flags, amp):  # CPUs compute bf16 (cli.amp_dtype)
+    assert bench.settle_device(bench.parse_args(["--device", "cpu", *flags])).amp == amp
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_cuda_defaults_are_the_papers_clip_in_bf16():
+def test_cuda_defaults_are_the_papers_clip_in_bf16_where_native():
     args = bench.settle_device(bench.parse_args(["--device", "cuda"]))
-    assert (args.frames, args.size, args.amp) == (16, 480, True)
+    auto = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    assert (args.frames, args.size, args.amp, args.fps_size) == (16, 480, auto, [480, 854])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_cuda_model_cost_and_memory_on_the_device_given():
     device = f"cuda:{torch.cuda.device_count() - 1}"  # with several GPUs, one that is not the current device
     config = tiny_config(5, embed_dim=32)
-    models, _ = bench.model_cost(bench.variants(config, device), 2, 64, device, amp=True, budget=0, min_blocks=2)
+    models, _ = bench.model_cost(bench.variants(config, device), 2, 64, device, amp=torch.bfloat16, budget=0,
+                                 min_blocks=2)
     for model in models:
         assert 0 < model["forward_peak_mib"] < model["train_step_peak_mib"]  # training adds gradients, AdamW state
-    memory = bench.memory(tiny_config(5), [2, 6], 64, device, amp=True)
+    memory = bench.memory(tiny_config(5), [2, 6], 64, device, amp=torch.bfloat16)
     assert all(math.isfinite(value) and value > 0 for value in memory.values())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_fps_streams_frames_already_on_the_gpu():
+    figures = bench.fps(tiny_config(5), 3, (32, 48), "cuda", amp=torch.bfloat16, runs=1)
+    assert set(figures) == FPS and all(math.isfinite(v) and v > 0 for v in figures.values())
+
+
 @pytest.mark.parametrize("argv", [["--device", "tpu"], ["--mem-frames", "8", "4"], ["--frames", "0"],
-                                  ["--budget", "-1"], ["--precision", "nan"], ["--repeats", "4"]])
+                                  ["--budget", "-1"], ["--precision", "nan"], ["--repeats", "4"],
+                                  ["--amp", "fp8"], ["--sections", "speed"], ["--json-out", "nosuch/bench.json"]])
 def test_bad_flags_exit_2_with_one_line(argv, capsys):
     with pytest.raises(SystemExit) as exit:
         bench.parse_args(argv)
