@@ -28,7 +28,7 @@ import json
 import math
 import os
 
-from cli import device_name, fail, make_parser
+from cli import add_amp, device_name, fail, make_parser
 
 SECTIONS = ("fps", "cost", "memory", "data", "metrics", "mask2former")  # in the order they run
 QUICK = dict(frames=4, size=64, min_blocks=3, budget=75.0, mem_frames=[16, 64], mem_size=64, clips=6)
@@ -70,9 +70,7 @@ def parse_args(argv=None):
     parser.add_argument("--fps-size", type=positive, nargs=2, metavar=("H", "W"),
                         help="frame size of the fps section (CUDA 480 854, VSPW's 480p; CPU 32 56)")
     parser.add_argument("--quick", action="store_true", help=f"smaller defaults: {QUICK}")
-    parser.add_argument("--amp", nargs="?", const="auto", choices=["off", "auto", "bf16", "fp16"],
-                        help="autocast; --amp alone (auto): bf16 where the device computes it natively, else fp16 "
-                        "(default: auto on CUDA, off on the CPU)")
+    add_amp(parser, default=None, shown="auto on CUDA, off on the CPU")  # settle_device decides
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), metavar="NAME",
                         help=f"the sections to run, of {' '.join(SECTIONS)} (default: all), always in that order")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -82,6 +80,9 @@ def parse_args(argv=None):
         args = parser.parse_args(argv, argparse.Namespace(**QUICK))  # preset attributes take no defaults
     if args.mem_frames[0] >= args.mem_frames[1]:
         fail(f"--mem-frames {args.mem_frames[0]} {args.mem_frames[1]}: the second must be the longer video")
+    if args.fps_size and -(-args.fps_size[0] // 32) * -(-args.fps_size[1] // 32) < 2:  # Swin pads to 32 pixels
+        fail(f"--fps-size {args.fps_size[0]} {args.fps_size[1]}: the backbone's last map (1/32 of the frame) needs at "
+             f"least 2 pixels for its GroupNorm at batch 1")
     if args.json_out and not os.path.isdir(os.path.dirname(os.path.abspath(args.json_out))):
         fail(f"--json-out {args.json_out}: its folder does not exist")
     return args

@@ -41,11 +41,12 @@ def check_at_least(args, lows):
             fail(f"{flag} {value}: must be at least {low}")
 
 
-def add_amp(parser, default="off"):
-    """--amp: mixed precision, the same for every script; --amp alone is auto (see amp_dtype)."""
+def add_amp(parser, default="off", shown="off"):
+    """--amp: mixed precision, the same for every script; --amp alone is auto (see amp_dtype). shown: the default
+    as --help tells it, where default is None and the script decides."""
     parser.add_argument("--amp", nargs="?", const="auto", default=default, choices=["off", "auto", "bf16", "fp16"],
                         help=f"mixed precision: --amp alone takes bf16 where the device computes it natively, else "
-                        f"fp16 (GPUs before Ampere: V100, T4); --amp bf16 or fp16 forces one ({default or 'off'})")
+                        f"fp16 (GPUs before Ampere: V100, T4); --amp bf16 or fp16 forces one ({shown})")
 
 
 def device_name(text):

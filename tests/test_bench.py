@@ -275,7 +275,8 @@ def test_cuda_fps_streams_frames_already_on_the_gpu():
 
 @pytest.mark.parametrize("argv", [["--device", "tpu"], ["--mem-frames", "8", "4"], ["--frames", "0"],
                                   ["--budget", "-1"], ["--precision", "nan"], ["--repeats", "4"],
-                                  ["--amp", "fp8"], ["--sections", "speed"], ["--json-out", "nosuch/bench.json"]])
+                                  ["--amp", "fp8"], ["--sections", "speed"], ["--json-out", "nosuch/bench.json"],
+                                  ["--fps-size", "32", "32"]])
 def test_bad_flags_exit_2_with_one_line(argv, capsys):
     with pytest.raises(SystemExit) as exit:
         bench.parse_args(argv)
