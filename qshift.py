@@ -88,6 +88,33 @@ def check_shift_div(channels, shift_div, causal=False, what="query", reach=1):
                         f"offsets a channel (reach must be 1..{per_way})")
 
 
+def temporal_shift(x, shift_div, causal=False, dim=-1, reach=1):
+    """Shift 1/shift_div of the channels of x along time (Eq. 1), as TSM does.
+
+    x: (B, T, ...), time at dim 1, channels at `dim` (last: queries (B, T, Q, C); 2: maps (B, T, C, h, w)). With
+    n = C // shift_div, frame t takes channels [0, n/2) from frame t-1 and [C - n/2, C) from frame t+1, zeros outside
+    the clip; causal (online): all n from frame t-1. shift_div is the total fraction, as in the paper (TSM's
+    fold_div 8 is shift_div 4); 0 returns x. reach > 1 goes beyond the paper (shift_with_reach). Returns a new
+    tensor of x's shape; differentiable.
+    """
+    if shift_div == 0:
+        return x
+    check_shift_div(x.shape[dim], shift_div, causal, reach=reach)
+    if reach > 1:
+        return shift_with_reach(x, shift_div, causal, dim, reach)
+    C = x.shape[dim]
+    n = C // shift_div if causal else C // shift_div // 2  # channels from each neighbour
+    out = x.new_zeros(x.shape)  # zeros where a neighbour is outside the clip
+    o, i = out.movedim(dim, 2), x.movedim(dim, 2)  # views with the channels at dim 2, where TSM has them
+    o[:, 1:, :n] = i[:, :-1, :n]  # from frame t-1
+    if causal:
+        o[:, :, n:] = i[:, :, n:]
+    else:
+        o[:, :-1, C - n:] = i[:, 1:, C - n:]  # from frame t+1
+        o[:, :, n:C - n] = i[:, :, n:C - n]  # not shifted
+    return out
+
+
 def _from_neighbour(x, step):
     """x (B, T, ...) -> frame t holds x's frame t - step (step < 0: from the future), zeros outside the clip."""
     T, k = x.shape[1], min(abs(step), x.shape[1])
@@ -95,31 +122,23 @@ def _from_neighbour(x, step):
     return torch.cat([zeros, x[:, :T - k]], 1) if step > 0 else torch.cat([x[:, k:], zeros], 1)
 
 
-def temporal_shift(x, shift_div, causal=False, dim=-1, reach=1):
-    """Shift 1/shift_div of the channels of x along time (Eq. 1, TSM), reaching `reach` frames each way.
+def shift_with_reach(x, shift_div, causal=False, dim=-1, reach=1):
+    """Beyond the paper: temporal_shift's channels from `reach` frames each way instead of one.
 
-    x: (B, T, ...), time at dim 1, channels at `dim` (last: queries (B, T, Q, C); 2: maps (B, T, C, h, w)). With
-    n = C // shift_div, frame t takes channels [0, n/2) from frame t-1 and [C - n/2, C) from frame t+1, zeros outside
-    the clip; causal (online): all n from frame t-1. shift_div is the total fraction, as in the paper (TSM's
-    fold_div 8 is shift_div 4); 0 returns x. reach r > 1 splits each way's channels into r groups (the first ones a
-    channel larger), group j from frame t-j or t+j: a cue missing for up to 2r - 1 frames in a row (r when causal)
-    still reaches every frame of the gap. Returns a new tensor of x's shape; differentiable.
+    Each way's channels are split into reach groups (the first ones a channel larger), group j from frame t-j or t+j,
+    so that a cue missing for up to 2r - 1 frames in a row (r when causal) still reaches every frame of the gap. At
+    reach 1 it is temporal_shift, to the bit. x, shift_div, causal, dim: as temporal_shift's.
     """
-    if shift_div == 0:
-        return x
-    dim = dim % x.dim()
     C = x.shape[dim]
-    check_shift_div(C, shift_div, causal, reach=reach)
-    n = C // shift_div
-    h = n if causal else n // 2  # channels from each side
+    n = C // shift_div if causal else C // shift_div // 2  # channels from each side
 
     def from_offsets(channels, sign):  # group j of these channels from frame t - sign * j
         return [_from_neighbour(g, sign * j) for j, g in enumerate(channels.tensor_split(reach, dim), 1)]
 
-    past = from_offsets(x.narrow(dim, 0, h), 1)
+    past = from_offsets(x.narrow(dim, 0, n), 1)
     if causal:
-        return torch.cat(past + [x.narrow(dim, h, C - h)], dim)
-    return torch.cat(past + [x.narrow(dim, h, C - 2 * h)] + from_offsets(x.narrow(dim, C - h, h), -1), dim)
+        return torch.cat(past + [x.narrow(dim, n, C - n)], dim)
+    return torch.cat(past + [x.narrow(dim, n, C - 2 * n)] + from_offsets(x.narrow(dim, C - n, n), -1), dim)
 
 
 # -----------------------------------------------------------------------------

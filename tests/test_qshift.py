@@ -12,7 +12,7 @@ from transformers.models.maskformer.modeling_maskformer import MaskFormerForInst
 
 from qshift import FAMILIES as FAMILY_CLASSES
 from qshift import (QShiftSegmenter, Settings, frames_to_pixel_values, match_queries, predict_video,
-                    semantic_segmentation, shift_queries, stream_logits, temporal_shift)
+                    semantic_segmentation, shift_queries, shift_with_reach, stream_logits, temporal_shift)
 from tiny import build_model, tiny_config
 
 # -----------------------------------------------------------------------------
@@ -92,10 +92,24 @@ def test_causal_reach_takes_every_shifted_channel_from_the_past():
         assert y[t].tolist() == [s + 1 if s >= 0 else 0 for s in expected], t
 
 
-def test_reach_one_is_the_papers_shift_and_reach_moves_no_more_channels():
+@pytest.mark.parametrize("dim", [-1, 2])
+@pytest.mark.parametrize("causal", [False, True])
+def test_eq1s_slices_are_the_shift_with_reach_one_to_the_bit(dim, causal):
+    """temporal_shift's TSM slices and shift_with_reach's concatenations, two codes of Eq. 1: the same values and
+    gradients, bit for bit, in the same (contiguous) layout."""
+    x = torch.randn(2, 5, 16, 3, 4, requires_grad=True).movedim(2, dim)  # channels at dim, 16 of them
+    weights = torch.randn(x.shape)
+    grads = []
+    for shift in (temporal_shift(x, 4, causal, dim), shift_with_reach(x, 4, causal, dim, reach=1)):
+        grads.append(torch.autograd.grad((shift * weights).sum(), x)[0])
+        assert shift.is_contiguous()
+    assert torch.equal(temporal_shift(x, 4, causal, dim), shift_with_reach(x, 4, causal, dim, reach=1))
+    assert torch.equal(*grads)
+
+
+def test_reach_moves_no_more_channels():
     x = torch.randn(2, 5, 3, 64)
     for causal in (False, True):
-        assert torch.equal(temporal_shift(x, 8, causal, reach=1), temporal_shift(x, 8, causal))
         changed = [(temporal_shift(x, 8, causal, reach=r) != x).any(0).any(0).any(0).sum().item() for r in (1, 2, 4)]
         assert changed == [8, 8, 8]  # the same 1/8 of the 64 channels, whatever the reach
 
