@@ -289,7 +289,7 @@ def model_cost(models, frames, size, device, amp=None, **timing):
     clock = model_clock(device)
     match_ms = 1e3 * statistics.median(timed(lambda: qshift.match_queries(q), device, clock) for _ in range(10))
     for name, model, _ in models:
-        rows[name]["match_pct"] = 100 * match_ms / rows[name]["forward_ms"] if model.settings.match else None
+        rows[name]["match_pct"] = 100 * match_ms / rows[name]["forward_ms"] if model.settings.matches else None
     return list(rows.values()), match_ms
 
 

@@ -49,6 +49,11 @@ def add_amp(parser, default="off", shown="off"):
                         f"fp16 (GPUs before Ampere: V100, T4); --amp bf16 or fp16 forces one ({shown})")
 
 
+def refusal(e, flags):
+    """A qshift.SettingError as one line naming the script's flag for the setting: flags {setting: flag}."""
+    return f"{e.name} {e.value} ({flags[e.name]}): {e.why}"
+
+
 def device_name(text):
     """--device's type: cpu, cuda or cuda:N (whether that GPU is there is checked by `device`, once torch loads)."""
     if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
@@ -142,14 +147,15 @@ def quiet_transformers():
     transformers.logging.disable_progress_bar()
 
 
-def load_model(flag, name, **kwargs):
-    """QShiftSegmenter.from_pretrained(name, **kwargs), or one line and exit status 2.
+def load_model(flag, name, flags=None, **kwargs):
+    """QShiftSegmenter.from_pretrained(name, **kwargs), or one line and exit status 2; flags {setting: flag}: the
+    script's flags for settings given in kwargs, which a refused one names.
 
     name: a local folder (see is_local) or a hub id. A hub id found in the Hugging Face cache loads from there without
     asking the network (offline, HF would retry for half a minute first); a missing one says how to get it."""
     from huggingface_hub import constants, try_to_load_from_cache
 
-    from qshift import QShiftSegmenter
+    from qshift import QShiftSegmenter, SettingError
     quiet_transformers()
     check_model_path(flag, name)
     if is_local(name):
@@ -162,7 +168,9 @@ def load_model(flag, name, **kwargs):
             pass
     try:
         return QShiftSegmenter.from_pretrained(name, **kwargs)
-    except ValueError as e:  # e.g. a setting that does not fit this model (qshift's message names its flag)
+    except SettingError as e:  # a setting that does not fit this model
+        fail(refusal(e, flags) if flags and e.name in flags else f"{flag} {name}: {e}")
+    except ValueError as e:
         fail(f"{flag} {name}: {e}")
     except OSError as e:
         offline = "" if constants.HF_HUB_OFFLINE else "; offline, HF_HUB_OFFLINE=1 answers at once, not in 30 s"

@@ -262,6 +262,7 @@ def main(args):
         fail(str(e))
     run = {"checkpoint": str(checkpoint), "data": args.data, "root": args.root, "split": args.split,
            "world": args.world, "clip_len": args.clip_len, "max_videos": args.max_videos, **asdict(model.settings),
+           "match": model.settings.matches,  # what ran: tables.py counts a shift without matching by it
            "channels": shifted_channels(model), "results": results}
     name = eval_name(args.data, args.split, args.clip_len, args.max_videos, args.root, args.world)
     report = run_markdown(run)

@@ -71,21 +71,21 @@ def to_device(x, device):
 
 
 def check_shift_div(channels, shift_div, causal=False, what="query", reach=1):
-    """Raise ValueError unless 1/shift_div of `channels` is a valid shift (Eq. 1) of the given reach (0: none)."""
+    """Raise SettingError unless 1/shift_div of `channels` is a valid shift (Eq. 1) of the given reach (0: none)."""
     if shift_div == 0:
         return
     if shift_div < 0 or channels % shift_div or channels // shift_div < 2:
-        Settings.refuse("shift_div", shift_div, f"1/{shift_div} of the {channels} {what} channels must be a whole "
-                        f"number of at least 2 channels")
+        raise SettingError("shift_div", shift_div, f"1/{shift_div} of the {channels} {what} channels must be a "
+                           f"whole number of at least 2 channels")
     n = channels // shift_div
     if not causal and n % 2:
-        Settings.refuse("shift_div", shift_div, f"1/{shift_div} of the {channels} {what} channels is {n}, an odd "
-                        f"number that cannot be split evenly between the previous and the next frame")
+        raise SettingError("shift_div", shift_div, f"1/{shift_div} of the {channels} {what} channels is {n}, an odd "
+                           f"number that cannot be split evenly between the previous and the next frame")
     per_way = n if causal else n // 2
     if type(reach) is not int or not 1 <= reach <= per_way:
-        Settings.refuse("reach", reach, f"1/{shift_div} of the {channels} {what} channels shifts {per_way} "
-                        f"{'from the past' if causal else 'each way'}, which cannot give each of {reach} frame "
-                        f"offsets a channel (reach must be 1..{per_way})")
+        raise SettingError("reach", reach, f"1/{shift_div} of the {channels} {what} channels shifts {per_way} "
+                           f"{'from the past' if causal else 'each way'}, which cannot give each of {reach} frame "
+                           f"offsets a channel (reach must be 1..{per_way})")
 
 
 def temporal_shift(x, shift_div, causal=False, dim=-1, reach=1):
@@ -187,48 +187,55 @@ def shift_queries(q, shift_div, match=True, causal=False, match_on=None, reach=1
 
 
 # -----------------------------------------------------------------------------
-# Sec. 4.2: the settings, each declared once: its default (the paper's), train.py's flag and its meaning
+# Sec. 4.2: the settings, each declared once: its default (the paper's) and its meaning
 
 PLACEMENTS = ("backbone", "queries", "pixels")  # in the order the model reaches them
 
 
-def _setting(default, flag, meaning):
-    return field(default=default, metadata={"flag": flag, "meaning": meaning})
+class SettingError(ValueError):
+    """A refused setting. It carries the setting's name, value and why, so that a script can name its own flag."""
+
+    def __init__(self, name, value, why):
+        super().__init__(f"{name} {value}: {why}")
+        self.name, self.value, self.why = name, value, why
+
+
+def _setting(default, meaning):
+    return field(default=default, metadata={"meaning": meaning})
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What makes a QShiftSegmenter more than the image model, saved as config.json's "qshift" entry. train.py's
-    flags, model cards and reports come from these declarations. A bad value raises ValueError naming the setting and
-    its flag. Matching concerns the queries only: without a query shift, match is False (what runs)."""
-    shift_div: int = _setting(16, "--shift", "1/shift_div of the channels are shifted in time, half from frame t-1 "
-                              "and half from frame t+1 (Eq. 1); 0 is the image model run frame by frame")
-    match: bool = _setting(True, "--match", "each frame's queries are matched to the previous frame's (Hungarian "
-                           "algorithm, Eq. 2) before the shift")
-    causal: bool = _setting(False, "--causal", "online: every shifted channel comes from the past")
-    shift_at: tuple = _setting(("queries",), "--shift-at", "where the channels are shifted: the decoded queries (the "
-                               "paper's place), the pixel embeddings, the backbone's feature maps, or several")
-    match_by: str = _setting("queries", "--match-by", "what matching compares: the queries' cosine similarity "
-                             "(Eq. 2) or their predicted masks'")
-    reach: int = _setting(1, "--reach", "how many frames each way the shifted channels come from, split evenly "
-                          "among them; 1 is the paper's")
+    """What makes a QShiftSegmenter more than the image model, saved as config.json's "qshift" entry; each field's
+    metadata["meaning"] is a sentence for help texts and model cards. A bad value raises SettingError."""
+    shift_div: int = _setting(16, "1/shift_div of the channels are shifted in time, half from frame t-1 and half "
+                              "from frame t+1 (Eq. 1); 0 is the image model run frame by frame")
+    match: bool = _setting(True, "each frame's queries are matched to the previous frame's (Hungarian algorithm, "
+                           "Eq. 2) before the shift")
+    causal: bool = _setting(False, "online: every shifted channel comes from the past")
+    shift_at: tuple = _setting(("queries",), "where the channels are shifted: the decoded queries (the paper's "
+                               "place), the pixel embeddings, the backbone's feature maps, or several")
+    match_by: str = _setting("queries", "what matching compares: the queries' cosine similarity (Eq. 2) or their "
+                             "predicted masks'")
+    reach: int = _setting(1, "how many frames each way the shifted channels come from, split evenly among them; 1 "
+                          "is the paper's")
 
     def __post_init__(self):
-        places = self.shift_at.split(",") if isinstance(self.shift_at, str) else list(self.shift_at)
+        places = self.shift_at
+        if type(places) is not tuple:
+            raise SettingError("shift_at", places, "must be a tuple of placements, e.g. ('queries', 'pixels')")
         if not places or any(p not in PLACEMENTS for p in places) or len(set(places)) < len(places):
-            self.refuse("shift_at", ",".join(places), f"choose one or more of {', '.join(PLACEMENTS)}")
+            raise SettingError("shift_at", ",".join(places), f"choose one or more of {', '.join(PLACEMENTS)}")
         for name, low in (("shift_div", 0), ("reach", 1)):
             if type(getattr(self, name)) is not int or getattr(self, name) < low:
-                self.refuse(name, getattr(self, name), f"must be a whole number of at least {low}")
+                raise SettingError(name, getattr(self, name), f"must be a whole number of at least {low}")
         if self.match_by not in ("queries", "masks"):
-            self.refuse("match_by", self.match_by, "choose queries or masks")
-        shift_at = tuple(p for p in PLACEMENTS if p in places)
-        object.__setattr__(self, "shift_at", shift_at)  # frozen: set once, here
-        object.__setattr__(self, "match", bool(self.match) and self.shift_div > 0 and "queries" in shift_at)
+            raise SettingError("match_by", self.match_by, "choose queries or masks")
 
-    @staticmethod
-    def refuse(name, value, why):
-        raise ValueError(f"{name} {value} ({Settings.__dataclass_fields__[name].metadata['flag']}): {why}")
+    @property
+    def matches(self):
+        """Whether matching runs: it orders the queries for their shift, so only where the queries are shifted."""
+        return self.match and self.shift_div > 0 and "queries" in self.shift_at
 
 
 # -----------------------------------------------------------------------------
@@ -268,18 +275,18 @@ FAMILIES = {  # config.model_type -> Family
 class QShiftSegmenter(nn.Module):
     """A Hugging Face MaskFormer or Mask2Former run on every frame of a clip, with features shifted in time.
 
-    The image model is kept whole as `.model`; `.settings` (Settings, from the other arguments) say where and how
+    The image model is kept whole as `.model`; `.settings` (Settings, from the keywords) say where and how
     much is shifted. The auxiliary predictions of earlier decoder layers (HF's auxiliary loss) stay unshifted. Its
     output holds class_logits (B*T, Q, L+1) and mask logits (B*T, Q, H/4, W/4), which semantic_segmentation turns
     into class maps; the L class names are model.model.config.id2label (the last logit is "no object").
     """
 
-    def __init__(self, model, *args, **settings):
+    def __init__(self, model, **settings):
         super().__init__()
         if model.config.model_type not in FAMILIES:
             raise ValueError(f"{type(model).__name__} is not a MaskFormer or Mask2Former")
         self.model, self.family = model, model.config.model_type
-        s = self.settings = Settings(*args, **settings)
+        s = self.settings = Settings(**settings)
         names = {"queries": "query", "pixels": "pixel-embedding", "backbone": "backbone feature-map"}
         for placement in s.shift_at:
             for channels in self.channels(placement):
@@ -320,10 +327,10 @@ class QShiftSegmenter(nn.Module):
         s = self.settings
         if "queries" in s.shift_at:
             match_on = None
-            if s.match and s.match_by == "masks":
+            if s.matches and s.match_by == "masks":
                 masks = self.heads(queries.flatten(0, 1), pixel_embeddings.flatten(0, 1))[1]  # (B*T, Q, h, w)
                 match_on = masks.sigmoid().flatten(2).unflatten(0, queries.shape[:2])  # (B, T, Q, h*w)
-            queries = shift_queries(queries, s.shift_div, s.match, s.causal, match_on, s.reach)
+            queries = shift_queries(queries, s.shift_div, s.matches, s.causal, match_on, s.reach)
         if "pixels" in s.shift_at:
             pixel_embeddings = temporal_shift(pixel_embeddings, s.shift_div, s.causal, dim=2, reach=s.reach)
         return queries, pixel_embeddings
@@ -373,6 +380,8 @@ class QShiftSegmenter(nn.Module):
         saved = getattr(config, "qshift", {})
         if not isinstance(saved, dict) or set(saved) - {f.name for f in fields(Settings)}:
             raise ValueError("its config.json's qshift entry is not a JSON object of qshift.Settings")
+        if isinstance(saved.get("shift_at"), list):
+            saved["shift_at"] = tuple(saved["shift_at"])  # JSON has no tuples
         new_head = num_labels is not None and num_labels != config.num_labels
         if new_head:
             config.num_labels, kwargs["ignore_mismatched_sizes"] = num_labels, True  # a new class head for the labels

@@ -34,9 +34,9 @@ def tiny_config(num_labels, hidden_size=64, num_queries=20, embed_dim=16, decode
                             mask_feature_size=mask_feature_size, **labels)
 
 
-def build_model(config, *args, **settings):
-    """A randomly initialised QShiftSegmenter from an HF MaskFormerConfig or Mask2FormerConfig; the other arguments
-    are Settings', with their defaults.
+def build_model(config, **settings):
+    """A randomly initialised QShiftSegmenter from an HF MaskFormerConfig or Mask2FormerConfig; settings: Settings'
+    fields by name, the rest at their defaults.
 
     The learned query embeddings are drawn from N(0, 1), as in DETR: with HF's default std of 0.02 the queries of a
     model trained from scratch stay nearly identical and every pixel ends up with one class.
@@ -45,4 +45,4 @@ def build_model(config, *args, **settings):
     for name in ("queries_embedder", "queries_features"):  # Mask2Former learns both the queries and their positions
         if hasattr(model.model.transformer_module, name):
             nn.init.normal_(getattr(model.model.transformer_module, name).weight, std=1.0)
-    return QShiftSegmenter(model, *args, **settings)
+    return QShiftSegmenter(model, **settings)

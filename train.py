@@ -49,6 +49,8 @@ DEFAULTS = dict(root=None, model="facebook/maskformer-swin-tiny-ade", world={}, 
                 grad_clip=0.1, max_steps=0, out="out", seed=0, workers=4, amp="off", eval_every=0, val_videos=0,
                 log_every=10, min_frames=32, device=None)
 TINY = {"tiny": "maskformer", "tiny-mask2former": "mask2former"}  # --model: small random models (tiny.py)
+FLAGS = {"shift_div": "--shift", "match": "--match", "causal": "--causal", "shift_at": "--shift-at",
+         "match_by": "--match-by", "reach": "--reach"}  # qshift.Settings' fields, with their meanings as help
 
 
 def presets_help():
@@ -137,22 +139,23 @@ import matcher
 from data import DataError, build_dataset, collate
 from evaluate import evaluate
 from metrics import summary
-from qshift import Settings, to_device
+from qshift import SettingError, Settings, to_device
 from tiny import build_model, tiny_config
 
 parser.add_argument("-h", "--help", action="help", help="show this help message and exit")
-for f in fields(Settings):  # --shift, --match, --causal, --shift-at (comma-separated), --match-by, --reach
-    kind = {"type": str if f.type is tuple else f.type} if f.type is not bool else \
+for f in fields(Settings):  # --shift-at takes the placements comma-separated
+    kind = {"type": (lambda text: tuple(text.split(","))) if f.type is tuple else f.type} if f.type is not bool else \
         {"action": argparse.BooleanOptionalAction}
-    parser.add_argument(f.metadata["flag"], dest=f.name, **kind,
+    parser.add_argument(FLAGS[f.name], dest=f.name, **kind,
                         help=f"{f.metadata['meaning']} ({','.join(f.default) if f.type is tuple else f.default})")
 args = parser.parse_args()  # the whole command line
 config.update({f.name: getattr(args, f.name) for f in fields(Settings) if getattr(args, f.name) is not None})
-chosen = {f.name: config[f.name] for f in fields(Settings) if f.name in config}  # given, or saved with the run
+chosen = {f.name: tuple(v) if isinstance(v := config[f.name], list) else v  # given, or saved with the run (JSON)
+          for f in fields(Settings) if f.name in config}
 try:  # checked now; the others come from the model's checkpoint, or else Settings' defaults (the paper's)
     Settings(**chosen)
-except ValueError as e:
-    fail(str(e))  # it names the flag
+except SettingError as e:
+    fail(cli.refusal(e, FLAGS))
 if args.resume:
     try:
         state = torch.load(out / "last" / "train_state.pt", map_location="cpu", weights_only=False)
@@ -224,12 +227,12 @@ elif config["model"] in TINY:
     try:
         model = build_model(tiny_config(train_set.num_classes, hidden_size=256, id2label=train_set.id2label,
                                         family=TINY[config["model"]]), **chosen)
-    except ValueError as e:  # a setting that does not fit the model; the message names its flag
-        fail(str(e))
+    except SettingError as e:  # a setting that does not fit the model
+        fail(cli.refusal(e, FLAGS))
 else:
-    model = cli.load_model("--model", config["model"], num_labels=train_set.num_classes, id2label=train_set.id2label,
-                           **chosen)
-config.update(asdict(model.settings))  # what runs: e.g. match is off when the queries are not shifted
+    model = cli.load_model("--model", config["model"], FLAGS, num_labels=train_set.num_classes,
+                           id2label=train_set.id2label, **chosen)
+config.update(asdict(model.settings))  # those given, else the checkpoint's, else the paper's
 if model.model.config.num_labels != train_set.num_classes:
     fail(f"--model {config['model']}: {model.model.config.num_labels} classes, the data set has "
          f"{train_set.num_classes}")
@@ -354,7 +357,8 @@ if master:
            "max_steps": not config["max_steps"], "world": not config["world"], "amp": amp is None,
            "eval_every": val_set is None, "val_videos": val_set is None or not config["val_videos"]}
     off.update({f.name: not raw_model.settings.shift_div for f in fields(Settings) if f.name != "shift_div"})
-    off["match_by"] = off["match_by"] or not raw_model.settings.match
+    off["match"] = off["match"] or "queries" not in raw_model.settings.shift_at  # matching orders the queries only
+    off["match_by"] = off["match_by"] or not raw_model.settings.matches
     print(json.dumps({**{k: v for k, v in config.items() if not off.get(k)}, "device": str(device),
                       "world_size": world, "total_steps": max_steps, "steps_per_epoch": steps_per_epoch,
                       "train_clips": len(train_set), **({"backend": dist.get_backend()} if ddp else {})}, indent=2))

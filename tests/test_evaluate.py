@@ -155,7 +155,7 @@ def synthetic():
 @pytest.fixture(scope="module")
 def tiny_model(synthetic):
     torch.manual_seed(0)
-    return build_model(tiny_config(synthetic.num_classes, id2label=synthetic.id2label), 8, True)
+    return build_model(tiny_config(synthetic.num_classes, id2label=synthetic.id2label), shift_div=8, match=True)
 
 
 def test_evaluate_gives_the_whole_clip_predictions_saved_and_drawn(synthetic, tiny_model, tmp_path):
@@ -444,11 +444,11 @@ def bad_checkpoints(checkpoint, tmp_path_factory):
     config = json.loads((root / "settings" / "config.json").read_text())
     (root / "settings" / "config.json").write_text(json.dumps({**config, "qshift": [1, 2]}))
     (root / "no-qshift").mkdir()
-    build_model(tiny_config(4), 8, True).model.save_pretrained(root / "image-model")
-    build_model(tiny_config(3), 8, True).save_pretrained(root / "three-classes")
+    build_model(tiny_config(4), shift_div=8, match=True).model.save_pretrained(root / "image-model")
+    build_model(tiny_config(3), shift_div=8, match=True).save_pretrained(root / "three-classes")
     (root / "corrupt-run").mkdir()
     (root / "corrupt-run" / "eval-val.json").write_text("{")
-    build_model(tiny_config(4), 8, True).save_pretrained(root / "from-run" / "best")
+    build_model(tiny_config(4), shift_div=8, match=True).save_pretrained(root / "from-run" / "best")
     (root / "from-run" / "config.json").write_text("{")
     return root
 

@@ -30,7 +30,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     names = {0: "background", 1: "red", 2: "green", 3: "blue"}
     path = tmp_path_factory.mktemp("run") / "best"
-    build_model(tiny_config(4, id2label=names), 8, True).save_pretrained(path)
+    build_model(tiny_config(4, id2label=names), shift_div=8, match=True).save_pretrained(path)
     return path
 
 
@@ -197,7 +197,7 @@ def test_a_causal_model_is_online_each_map_comes_once_its_frame_is_read(frames):
             yield predict.model_input(f"{t}", frame, 0)
 
     for causal, chunk, lookahead in ((True, 8, 0), (False, 1, 1)):  # causal: one frame at a time, whatever chunk
-        model = build_model(tiny_config(4), 8, True, causal).eval()
+        model = build_model(tiny_config(4), shift_div=8, match=True, causal=causal).eval()
         read.clear()
         for t, (frame, pred) in enumerate(cli.segment(model, model_inputs(), chunk, online=True)):
             assert frame["name"] == f"{t}" and pred.shape == (64, 96)
@@ -216,7 +216,7 @@ def bad(checkpoint, video, frames, tmp_path_factory):
     for t in range(4):
         Image.new("RGB", (32, 32), (t * 40, 0, 0)).save(root / "broken-frame" / f"{t}.png")
     (root / "broken-frame" / "2.png").write_bytes(b"\x89PNG not really")
-    build_model(tiny_config(4), 8, True).model.save_pretrained(root / "image-model")
+    build_model(tiny_config(4), shift_div=8, match=True).model.save_pretrained(root / "image-model")
     (root / "taken").mkdir()
     (root / "taken" / "synthetic.mp4").write_text("keep me")
     (root / "synthetic").mkdir()  # a folder of the video's name

@@ -11,7 +11,7 @@ from transformers import Mask2FormerImageProcessor, MaskFormerImageProcessor
 from transformers.models.maskformer.modeling_maskformer import MaskFormerForInstanceSegmentationOutput
 
 from qshift import FAMILIES as FAMILY_CLASSES
-from qshift import (QShiftSegmenter, Settings, frames_to_pixel_values, match_queries, predict_video,
+from qshift import (QShiftSegmenter, SettingError, Settings, frames_to_pixel_values, match_queries, predict_video,
                     semantic_segmentation, shift_queries, shift_with_reach, stream_logits, temporal_shift)
 from tiny import build_model, tiny_config
 
@@ -58,7 +58,7 @@ def test_causal_shift_takes_every_shifted_channel_from_the_past():
                          [(-1, False), (3, False), (256, False), (256, True), (24, False), (32, False)])
 def test_shift_rejects_invalid_fractions(shift_div, causal):
     channels = 96 if shift_div == 32 else 256  # 96 / 32 = 3 channels: odd, cannot be split between t-1 and t+1
-    with pytest.raises(ValueError, match=rf"shift_div {shift_div} \(--shift\): 1/{shift_div} of the {channels} query "):
+    with pytest.raises(SettingError, match=rf"shift_div {shift_div}: 1/{shift_div} of the {channels} query "):
         temporal_shift(torch.randn(1, 2, 3, channels), shift_div, causal)
 
 
@@ -115,9 +115,9 @@ def test_reach_moves_no_more_channels():
 
 
 @pytest.mark.parametrize("reach,causal,message", [
-    (3, False, r"reach 3 \(--reach\): 1/8 of the 32 query channels shifts 2 each way"),
-    (5, True, r"reach 5 \(--reach\): 1/8 of the 32 query channels shifts 4 from the past"),
-    (0, False, r"reach 0 \(--reach\): "), (1.5, False, r"reach 1.5 \(--reach\): ")])
+    (3, False, r"reach 3: 1/8 of the 32 query channels shifts 2 each way"),
+    (5, True, r"reach 5: 1/8 of the 32 query channels shifts 4 from the past"),
+    (0, False, r"reach 0: "), (1.5, False, r"reach 1.5: ")])
 def test_reach_that_leaves_an_offset_without_a_channel_is_refused(reach, causal, message):
     with pytest.raises(ValueError, match=message):
         temporal_shift(torch.randn(1, 4, 2, 32), 8, causal, reach=reach)
@@ -215,7 +215,8 @@ PLACEMENTS = [("queries",), ("pixels",), ("backbone",), ("queries", "pixels"), (
 
 def tiny_model(shift_div=16, match=True, causal=False, num_labels=5, seed=0, family="maskformer", **settings):
     torch.manual_seed(seed)
-    return build_model(tiny_config(num_labels, family=family), shift_div, match, causal, **settings).eval()
+    return build_model(tiny_config(num_labels, family=family), shift_div=shift_div, match=match, causal=causal,
+                       **settings).eval()
 
 
 def video(T=7, seed=0):
@@ -326,10 +327,12 @@ def test_matching_by_masks_pairs_the_unshifted_queries_predicted_masks(family):
     assert not torch.allclose(out.masks_queries_logits, by_queries.masks_queries_logits)
 
 
-def test_matching_is_recorded_off_when_the_queries_are_not_shifted():
-    assert asdict(tiny_model(shift_div=4, shift_at="pixels").settings) == \
-        {"shift_div": 4, "match": False, "causal": False, "shift_at": ("pixels",), "match_by": "queries", "reach": 1}
-    assert tiny_model(shift_div=0).settings.match is False
+def test_settings_keep_what_they_were_given_and_matching_runs_only_on_shifted_queries():
+    assert asdict(tiny_model(shift_div=4, shift_at=("pixels", "queries")).settings) == \
+        {"shift_div": 4, "match": True, "causal": False, "shift_at": ("pixels", "queries"), "match_by": "queries",
+         "reach": 1}
+    assert [Settings(**s).matches for s in ({}, {"shift_div": 0}, {"shift_at": ("pixels",)}, {"match": False})] == \
+        [True, False, False, False]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -342,12 +345,12 @@ def test_save_and_load_round_trip(tmp_path, family):
     x = video(3)[None]
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).masks_queries_logits, model(x).masks_queries_logits, atol=0, rtol=0)
-    assert asdict(QShiftSegmenter.from_pretrained(tmp_path, shift_div=4, shift_at=["pixels"], reach=3).settings) == \
-        {"shift_div": 4, "match": False, "causal": True, "shift_at": ("pixels",), "match_by": "masks", "reach": 3}
+    assert asdict(QShiftSegmenter.from_pretrained(tmp_path, shift_div=4, shift_at=("pixels",), reach=3).settings) == \
+        {"shift_div": 4, "match": True, "causal": True, "shift_at": ("pixels",), "match_by": "masks", "reach": 3}
 
 
 def test_save_pretrained_keeps_the_settings_in_config_json(tmp_path):
-    model = tiny_model(shift_div=8, causal=True, shift_at="queries,pixels")
+    model = tiny_model(shift_div=8, causal=True, shift_at=("queries", "pixels"))
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["qshift"] == \
         {"shift_div": 8, "match": True, "causal": True, "shift_at": ["queries", "pixels"], "match_by": "queries",
@@ -372,22 +375,26 @@ def test_load_a_plain_hf_directory_with_new_labels(tmp_path, family):
 
 
 @pytest.mark.parametrize("shift_at,message", [
-    ("queries", "shift_div 128 (--shift): 1/128 of the 64 query channels"),  # tiny_config's queries: C = 64
-    ("pixels", "shift_div 32 (--shift): 1/32 of the 32 pixel-embedding channels"),
-    ("backbone", "shift_div 16 (--shift): 1/16 of the 16 backbone feature-map channels")])  # the first of 16..128
+    ("queries", "shift_div 128: 1/128 of the 64 query channels"),  # tiny_config's queries: C = 64
+    ("pixels", "shift_div 32: 1/32 of the 32 pixel-embedding channels"),
+    ("backbone", "shift_div 16: 1/16 of the 16 backbone feature-map channels")])  # the first of 16..128
 def test_shift_a_placement_cannot_take_names_its_channels(shift_at, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        tiny_model(shift_div=int(message.split()[1]), shift_at=shift_at)
+        tiny_model(shift_div=int(message.split()[1].rstrip(":")), shift_at=(shift_at,))
 
 
-def test_bad_settings_are_refused_naming_the_setting_and_its_flag():
-    for settings, message in [({"shift_at": "decoder"}, r"shift_at decoder \(--shift-at\): choose one or more of"),
-                              ({"shift_at": "queries,queries"}, r"shift_at queries,queries \(--shift-at\)"),
-                              ({"match_by": "boxes"}, r"match_by boxes \(--match-by\): choose queries or masks"),
-                              ({"shift_div": -8}, r"shift_div -8 \(--shift\): must be a whole number of at least 0"),
-                              ({"reach": 0}, r"reach 0 \(--reach\): must be a whole number of at least 1")]:
-        with pytest.raises(ValueError, match=message):
+def test_bad_settings_are_refused_naming_the_setting_and_carrying_it():
+    for settings, message in [({"shift_at": ("decoder",)}, r"shift_at decoder: choose one or more of"),
+                              ({"shift_at": ("queries", "queries")}, r"shift_at queries,queries: choose one"),
+                              ({"shift_at": "queries"}, r"shift_at queries: must be a tuple of placements"),
+                              ({"match_by": "boxes"}, r"match_by boxes: choose queries or masks"),
+                              ({"shift_div": -8}, r"shift_div -8: must be a whole number of at least 0"),
+                              ({"reach": 0}, r"reach 0: must be a whole number of at least 1")]:
+        with pytest.raises(SettingError, match=message) as refused:
             Settings(**settings)
+        name = next(iter(settings))
+        shown = ",".join(settings[name]) if isinstance(settings[name], tuple) else settings[name]
+        assert (refused.value.name, refused.value.value) == (name, shown)
     with pytest.raises(TypeError, match="unexpected keyword argument 'shift'"):
         Settings(shift=8)
 
