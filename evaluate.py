@@ -11,7 +11,8 @@ predictions and pictures like the paper's Figures 2-3.
 
 --data, --root and --world default to those the run was trained on (RUN/config.json); --split to val (own clips
 without a ROOT/val.txt: all, every video). Each evaluation's file names say what was scored, so none replaces another
-of other data, another world, split or clip length, and a quick look (--max-videos) never replaces a whole evaluation.
+of other data, another world, split, VSPW protocol or clip length, and a quick look (--max-videos) never replaces a
+whole evaluation.
 The paper's tables over several runs: experiments/tables.py.
 
 VSPW: the paper scores the videos of at least 32 frames (--min-frames 32, the default, as train.py's); VSPW's own
