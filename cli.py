@@ -217,11 +217,12 @@ def read_ahead(items, pool, ahead):
         yield item
 
 
-def segment(model, frames, chunk=8, amp=None, clip_len=None, online=False):
+def segment(model, frames, chunk=8, amp=None, clip_len=None, online=False, size=None):
     """(frame, class map (H, W) on the model's device) for frames, dicts that hold the frame's "pixel_values"
     (3, H, W), in order, through qshift.predict_video: each pair as soon as its map is known; the frames waiting for
     their maps are a few, whatever the video's length. online: a causal model runs one frame at a time, so that each
-    map comes as soon as its frame is read (predict.py; evaluation keeps its chunks, which are faster)."""
+    map comes as soon as its frame is read (predict.py; evaluation keeps its chunks, which are faster). size: the
+    maps' (H, W) where it is not the frames' (see predict_video)."""
     from qshift import predict_video
     waiting, chunk = collections.deque(), 1 if online and model.settings.causal else chunk
 
@@ -230,5 +231,5 @@ def segment(model, frames, chunk=8, amp=None, clip_len=None, online=False):
             waiting.append(frame)
             yield frame["pixel_values"]
 
-    for pred in predict_video(model, pixel_values(), chunk, amp, clip_len):
+    for pred in predict_video(model, pixel_values(), chunk, amp, clip_len, size):
         yield waiting.popleft(), pred

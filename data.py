@@ -7,7 +7,9 @@ VSPW and VSPW_480p (`vspw`), as released:
     ROOT/label_num_dic_final.json           optional: class name -> raw id (0 is "others")
     ROOT/data/<video>/origin/<frame>.jpg
     ROOT/data/<video>/mask/<frame>.png      raw ids: 1..124 are the classes, 0 ("others") and 255 are ignored
-  Only videos of at least `min_frames` frames are used (the paper's filter). The test split has no masks.
+  Only videos of at least `min_frames` frames are used: the paper's filter keeps those of VSPW_MIN_FRAMES for
+  training and validation; VSPW's official evaluation scores every video of val.txt (min_frames=1). The test split
+  has no masks.
 
 Cityscapes-VPS (`cityscapes-vps`):
     ROOT/<split>/img/VVVV_FFFF_<city>_<seq>_<frame>_newImg8bit.png    (or _leftImg8bit.png)
@@ -55,20 +57,22 @@ CITYSCAPES_PALETTE = [(128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 1
                       (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32)]
 # the official colours of the train ids (cityscapesScripts' labels.py)
 VSPW_NUM_CLASSES = 124
+VSPW_MIN_FRAMES = 32  # the paper keeps the VSPW videos of at least 32 frames, for training and validation
 
 
 class DataError(Exception):
     """Bad input data; the message is one line naming the path and what is wrong."""
 
 
-def build_dataset(name, root=None, split="train", clip_len=8, train=True, crop=None, min_frames=32, seed=0,
-                  **synthetic):
+def build_dataset(name, root=None, split="train", clip_len=8, train=True, crop=None, min_frames=VSPW_MIN_FRAMES,
+                  seed=0, **synthetic):
     """The clip dataset `name` ("vspw", "cityscapes-vps", "clips" or "synthetic") for one split.
 
     clip_len: frames per clip T; None gives one item per whole video (evaluation). train: random clip offsets,
     scale, crop to `crop` = (h, w) and flip (crop=None: flip only); otherwise whole frames, deterministic. The crop
     is capped at the largest frame at the largest scale (the dataset's `crop`): a canvas beyond it is padding only.
-    min_frames: VSPW only, the shortest video kept. seed: the training randomness (and the synthetic world).
+    min_frames: VSPW only, the shortest video kept (the data set's `skipped`: how many of the split's it left out).
+    seed: the training randomness (and the synthetic world).
     synthetic: keyword arguments of `Synthetic` (sizes of the generated world).
     """
     common = dict(clip_len=clip_len, train=train, crop=crop, seed=seed)
@@ -118,7 +122,7 @@ class ClipDataset(Dataset):
         self.clip_len, self.train, self.seed, self.labelled = clip_len, train, seed, labelled
         self.crop = (crop, crop) if isinstance(crop, int) else crop
         if train and crop is not None:  # a clip scaled by at most SCALES[1] fills no more; the rest would be padding
-            largest = np.max([self._frame_size(v) for v in range(len(videos))], 0)  # (H, W), over the videos
+            largest = np.max([self.frame_size(v) for v in range(len(videos))], 0)  # (H, W), over the videos
             self.crop = tuple(min(c, math.ceil(SCALES[1] * n)) for c, n in zip(self.crop, largest))
         identity = np.where(np.arange(256) < self.num_classes, np.arange(256), -1)
         identity[IGNORE_INDEX] = IGNORE_INDEX
@@ -152,17 +156,19 @@ class ClipDataset(Dataset):
         name, frames = self.videos[v]
         return {**item, "video": name, "frames": frames[start:start + length]}
 
-    def frame(self, v, t):
-        """Frame t of video v, whole and un-augmented: pixel_values (3, H, W), labels (H, W), name, ..."""
-        item = {key: x[0] for key, x in self._clip(v, [t]).items()}
+    def frame(self, v, t, short_side=0):
+        """Frame t of video v, whole and un-augmented: pixel_values (3, h, w), labels (H, W), name, ... The
+        pixel_values are scaled down to a short side of short_side where it is longer (scaled_size; 0: never), so that
+        the model sees smaller frames; the labels, and the maps scored against them, keep the frame's size (H, W)."""
+        item = {key: x[0] for key, x in self._clip(v, [t], short_side=short_side).items()}
         return {**item, "name": self.videos[v][1][t]}
 
     def to_raw(self, labels):
         """Class map (H, W) (0..num_classes-1, IGNORE_INDEX) -> uint8 numpy (H, W) in the dataset's raw ids."""
         return self.raw_lut[np.asarray(labels, dtype=np.int64)]
 
-    def _frame_size(self, v):
-        """(H, W) of video v's frames."""
+    def frame_size(self, v):
+        """(H, W) of video v's frames, and of their labels."""
         return self._load(v, [0])[0].shape[1:3]
 
     def _load(self, v, ts):
@@ -170,16 +176,19 @@ class ClipDataset(Dataset):
         None, cue distances uint8 (T, H, W) or None. Each data set reads its own; DataError for a bad file."""
         raise NotImplementedError
 
-    def _clip(self, v, ts, rng=None):
-        """Frames ts of video v as tensors, all under one random geometry when rng is given."""
+    def _clip(self, v, ts, rng=None, short_side=0):
+        """Frames ts of video v as tensors, all under one random geometry when rng is given; else whole, with the
+        pixel_values alone scaled down to short_side (see frame)."""
         images, labels, cue = self._load(v, ts)  # (T, H, W, 3) uint8, raw (T, H, W) uint8 or None, uint8 or None
         H, W = images.shape[1:3]
         if rng is None:
             region, size, flip, out = (0, 0, H, W), (H, W), False, (H, W)
+            seen = seen_out = scaled_size(H, W, short_side)
         else:
             region, size, flip = _random_geometry(H, W, self.crop, rng)
             out = self.crop or size
-        pixels = _warp(torch.from_numpy(images).permute(0, 3, 1, 2), region, size, flip, out, "bilinear", 0)
+            seen, seen_out = size, out
+        pixels = _warp(torch.from_numpy(images).permute(0, 3, 1, 2), region, seen, flip, seen_out, "bilinear", 0)
         item = {"pixel_values": frames_to_pixel_values(pixels.permute(0, 2, 3, 1))}  # (T, 3, H, W), as qshift's
         if labels is not None:
             labels = _warp(torch.from_numpy(labels)[:, None], region, size, flip, out, "nearest-exact", IGNORE_INDEX)
@@ -210,7 +219,7 @@ class FolderClips(ClipDataset):
                                     f"the video's first frame {size[2]}x{size[1]}")
                 size = images.shape
 
-    def _frame_size(self, v):
+    def frame_size(self, v):
         """(H, W) of video v's first frame, from the file's header (decoding every video's first frame takes long)."""
         path = self.files[v][0][0]
         try:
@@ -276,7 +285,9 @@ def _vspw(root, split, min_frames, **common):
     lut[0] = lut[255] = IGNORE_INDEX
     raw_lut = np.zeros(256, np.uint8)  # ignore -> 0 ("others")
     raw_lut[:VSPW_NUM_CLASSES] = np.arange(1, VSPW_NUM_CLASSES + 1)
-    return FolderClips(videos, files, _vspw_class_names(root), where=split_file, lut=lut, raw_lut=raw_lut, **common)
+    dataset = FolderClips(videos, files, _vspw_class_names(root), where=split_file, lut=lut, raw_lut=raw_lut, **common)
+    dataset.skipped = skipped  # evaluate.py's report says how many
+    return dataset
 
 
 def _vspw_class_names(root):
@@ -434,10 +445,10 @@ class Synthetic(ClipDataset):
         ts = np.asarray(ts)
         return self.images[v, ts], self.labels[v, ts], self.cue_distance[v, ts]
 
-    def _clip(self, v, ts, rng=None):
+    def _clip(self, v, ts, rng=None, short_side=0):
         """The parent's item plus object_ids (T, H, W), warped under the same random geometry as the labels."""
         replay = copy.deepcopy(rng)  # the parent draws its geometry from rng: a copy draws the same one again
-        item = super()._clip(v, ts, rng)
+        item = super()._clip(v, ts, rng, short_side)
         ids = torch.from_numpy(self.object_ids[v, np.asarray(ts)])[:, None]  # (T, 1, H, W)
         if replay is not None:
             region, size, flip = _random_geometry(*ids.shape[2:], self.crop, replay)
@@ -542,6 +553,14 @@ def collate(items):
         if key in items[0]:
             batch[key] = torch.stack([item[key] for item in items])
     return batch
+
+
+def scaled_size(H, W, short_side):
+    """(h, w): an H x W frame scaled down to a short side of short_side, its aspect kept, where its short side is
+    longer; else (H, W), as with short_side 0 (evaluate.py's and predict.py's --short-side)."""
+    if not short_side or min(H, W) <= short_side:
+        return H, W
+    return (short_side, round(W * short_side / H)) if H <= W else (round(H * short_side / W), short_side)
 
 
 def _random_geometry(H, W, crop, rng):

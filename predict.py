@@ -198,8 +198,8 @@ def model_input(name, rgb, short_side):
     (3, h, w) normalised (qshift.frames_to_pixel_values)}."""
     H, W = rgb.shape[:2]
     frame = torch.from_numpy(rgb)
-    if short_side and min(H, W) > short_side:
-        size = (short_side, round(W * short_side / H)) if H <= W else (round(H * short_side / W), short_side)
+    size = data.scaled_size(H, W, short_side)
+    if size != (H, W):
         frame = F.interpolate(frame.permute(2, 0, 1)[None], size=size, mode="bilinear", antialias=True)
         frame = frame[0].permute(1, 2, 0)  # (h, w, 3) uint8
     return {"name": name, "size": (H, W), "rgb": frame.numpy(),

@@ -466,13 +466,14 @@ def stream_logits(model, frames, chunk=8, amp=None):
 
 
 @torch.no_grad()
-def predict_video(model, frames, chunk=8, amp=None, clip_len=None):
+def predict_video(model, frames, chunk=8, amp=None, clip_len=None, size=None):
     """Per-frame class maps of one video, streamed: pixel_values (3, H, W) in, class maps (H, W) int64 out on the
     model's device, those of the whole video run as one clip (stream_logits). clip_len=T runs independent clips of T
-    frames instead, with zeros shifted in at their ends as in training. A causal model with chunk=1 runs online."""
+    frames instead, with zeros shifted in at their ends as in training. A causal model with chunk=1 runs online.
+    size: the maps' (H, W) where it is not the frames' (frames scaled down, scored at their labels' size): the class
+    scores are resized to it before the argmax (semantic_segmentation)."""
     frames = iter(frames)
     for first in frames:
-        size = first.shape[-2:]
         clip = itertools.chain([first], frames if clip_len is None else itertools.islice(frames, clip_len - 1))
         for class_logits, mask_logits in stream_logits(model, clip, chunk, amp):
-            yield from semantic_segmentation(class_logits, mask_logits, size)
+            yield from semantic_segmentation(class_logits, mask_logits, size or first.shape[-2:])

@@ -20,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's modules
 from cli import check_at_least, fail, first_line, make_parser, parse_world
+from data import VSPW_MIN_FRAMES
 from evaluate import DATA_SETS, scored
 from metrics import CUE_DISTANCES, TITLES
 from qshift import Settings
@@ -41,8 +42,8 @@ def _mean_std(values):
 
 
 RUN_KEYS = ("checkpoint", "data", "split", "clip_len", "shift_div", "match", "causal", "channels", "results")
-EVALUATION_KEYS = {"checkpoint", "data", "root", "split", "world", "clip_len", "max_videos", "channels", "results",
-                   "train"}
+EVALUATION_KEYS = {"checkpoint", "data", "root", "split", "world", "min_frames", "protocol", "skipped_videos",
+                   "clip_len", "max_videos", "short_side", "channels", "results", "train"}
 # keys of an eval json (and "train", which the table adds) that describe the evaluation; the others are the model's
 # settings (qshift.Settings)
 NOT_SETTINGS = {"seed", "out", "root", "device", "workers", "log_every"} | {f.name for f in fields(Settings)}
@@ -155,9 +156,9 @@ def results_table(runs):
 
 
 def find_evaluations(run_dirs, data_set=None, root=None, split=None, clip_len=None, world=None):
-    """Each run's evaluation (its eval json's dict, plus "train": train_settings) of all the videos (no --max-videos)
-    with clip_len, of the one data set and split (as `scored` names them) that every run has an evaluation of, among
-    those of data_set, root, split and synthetic world where given."""
+    """Each run's evaluation (its eval json's dict, plus "train": train_settings) of all the videos (no --max-videos;
+    VSPW: those of the paper's protocol) with clip_len, of the one data set and split (as `scored` names them) that
+    every run has an evaluation of, among those of data_set, root, split and synthetic world where given."""
     found = {}  # run -> {scored: [(path, evaluation)]}
     for run_dir in run_dirs:
         found[run_dir] = collections.defaultdict(list)
@@ -173,7 +174,8 @@ def find_evaluations(run_dirs, data_set=None, root=None, split=None, clip_len=No
                       world in (None, run.get("world", {})) and
                       (root is None or run.get("root") is not None
                        and Path(root).resolve() == Path(run["root"]).resolve()))
-            if run.get("max_videos") is None and run["clip_len"] == clip_len and wanted:
+            paper = run.get("min_frames") in (None, VSPW_MIN_FRAMES)  # not evaluate.py --min-frames 1's, say
+            if run.get("max_videos") is None and run["clip_len"] == clip_len and paper and wanted:
                 found[run_dir][scored(run["data"], run.get("root"), run["split"], run.get("world"))].append((path, run))
         if not found[run_dir]:
             what = " ".join(str(x) for x in (data_set, root, split, clip_len and f"clips of {clip_len}") if x)

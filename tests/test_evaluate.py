@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from PIL import Image
 
 import data
@@ -20,6 +21,7 @@ import pictures
 from evaluate import parse_args
 from metrics import SegMetrics, video_consistency
 from pictures import colorize
+from test_data import save_image, save_palette_label
 from test_tables import tables
 from tiny import build_model, tiny_config
 
@@ -344,6 +346,156 @@ def test_own_clips_splits_and_data_sets_never_overwrite_each_other(checkpoint, t
 
 
 # -----------------------------------------------------------------------------
+# VSPW: the paper's videos or, as VSPW's own code scores it, every video; raw frames scaled for the model
+
+VSPW_VIDEOS = {"short": (60, 99, 5, 124), "long_a": (5, 17, 33, 1), "long_b": (17, 33, 77, 124)}  # raw class ids
+VSPW_LENGTHS = {"short": 12, "long_a": 32, "long_b": 33}  # the paper skips the 12-frame video, the official code not
+VSPW_SIZE = (40, 56)
+RED = [1, 5, 17, 33, 60, 77, 99, 124, 50]  # raw ids drawn in the red levels 20, 45, ..., 220; 50: on no class
+RED_LEVEL = np.zeros(256, np.uint8)
+RED_LEVEL[RED] = 20 + 25 * np.arange(len(RED))
+
+
+@pytest.fixture(scope="module")
+def vspw(tmp_path_factory):
+    """A VSPW tree in the official layout: val.txt, data/<video>/origin/<frame>.jpg and mask/<frame>.png, palette
+    PNGs of raw ids (1..124 classes, 0 "others", 255 ignored). Each frame: its video's classes as moving rectangles
+    over "others", an ignored band on the right; the frame's red channel tells its pixels' raw id (RED), so that
+    colour_predictions reads the classes back, wrong where JPEG blurs them."""
+    root = tmp_path_factory.mktemp("vspw")
+    rng = np.random.default_rng(0)
+    H, W = VSPW_SIZE
+    for video, classes in VSPW_VIDEOS.items():
+        for t in range(VSPW_LENGTHS[video]):
+            raw = np.zeros((H, W), np.uint8)
+            for i, c in enumerate(classes):
+                y, x = (9 * i + t) % (H - 12), (13 * i + 2 * t) % (W - 20)
+                raw[y:y + 12, x:x + 16] = c
+            raw[:, -5:] = 255
+            image = rng.integers(120, 136, (H, W, 3), dtype=np.uint8)
+            image[..., 0] = RED_LEVEL[np.where((raw > 0) & (raw < 255), raw, 50)]
+            save_image(root / "data" / video / "origin" / f"{t:08d}.jpg", image)
+            save_palette_label(root / "data" / video / "mask" / f"{t:08d}.png", raw)
+    (root / "val.txt").write_text("".join(f"{video}\n" for video in VSPW_VIDEOS))
+    return root
+
+
+@pytest.fixture(scope="module")
+def vspw_model():
+    torch.manual_seed(0)
+    return build_model(tiny_config(data.VSPW_NUM_CLASSES), shift_div=8, match=True)
+
+
+def colour_predictions(model, frames, *args):
+    """Class maps read from the frames' red channel (RED, see vspw): right inside the rectangles, wrong near their
+    edges (JPEG), class 49 (raw 50, in no ground truth) on "others" and ignored pixels."""
+    for x in frames:
+        level = (((x[0] * qshift.STD[0] + qshift.MEAN[0]) * 255 - 20) / 25).round().long().clamp(0, len(RED) - 1)
+        yield torch.tensor(RED)[level] - 1
+
+
+def official_vspw_scores(root, predictions, videos):
+    """mIoU and pixel accuracy as VSPW's own evaluation computes them (VSPW_code's evaluator_test.py and its
+    Evaluator), written out: every mask of each video against the prediction PNG of its name; raw 0 ("others")
+    becomes 255, then every id drops by one, and only ids 0..123 count (raw 0 and 255 are ignored, raw k is class
+    k - 1); one 124 x 124 confusion matrix [ground truth, prediction] over all frames; IoU = tp / (gt + pred - tp),
+    mIoU = their sum over the classes in the ground truth / their number (nansum(IoU * isval) / isval.sum()); pixel
+    accuracy = trace / sum. The official script reads predictions as class ids; evaluate.py saves raw ids (class + 1).
+    """
+    K = data.VSPW_NUM_CLASSES
+    confusion = np.zeros((K, K), np.int64)
+    for video in videos:
+        for mask in (root / "data" / video / "mask").iterdir():
+            gt = np.array(Image.open(mask)).astype(np.int64)
+            gt = np.where(gt == 0, 255, gt) - 1
+            pred = np.array(Image.open(predictions / video / mask.name)).astype(np.int64) - 1
+            counted = (gt >= 0) & (gt < K)
+            np.add.at(confusion, (gt[counted], pred[counted]), 1)
+    tp, in_truth = np.diag(confusion), confusion.sum(1) > 0
+    with np.errstate(invalid="ignore"):
+        iou = tp / (confusion.sum(1) + confusion.sum(0) - tp)
+    return np.nansum(iou * in_truth) / in_truth.sum(), tp.sum() / confusion.sum()
+
+
+def test_vspw_is_scored_by_the_papers_protocol_or_as_vspws_own_code_scores_every_video(
+        vspw, vspw_model, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(qshift, "predict_video", colour_predictions)
+    run = tmp_path / "run"
+    vspw_model.save_pretrained(run / "best")
+    flags = ["--checkpoint", str(run / "best"), "--data", "vspw", "--root", str(vspw), "--device", "cpu"]
+    main(flags + ["--min-frames", "1", "--save-predictions", str(tmp_path / "official")])
+    main(flags + ["--save-predictions", str(tmp_path / "paper")])  # the paper's protocol, the default
+    assert "val.txt: skipped 1 of 3 videos with fewer than 32 frames" in capsys.readouterr().err
+    official = json.loads((run / "eval-vspw-val-min1.json").read_text())
+    paper = json.loads((run / "eval-vspw-val.json").read_text())  # the default keeps the name tables.py reads
+    assert (official["protocol"], official["min_frames"], official["skipped_videos"]) == \
+        ("official: every video in val.txt", 1, 0)
+    assert (paper["protocol"], paper["min_frames"], paper["skipped_videos"]) == \
+        ("paper: videos of at least 32 frames", 32, 1)
+    assert (official["results"]["num_videos"], official["results"]["num_frames"]) == (3, 12 + 32 + 33)
+    assert (paper["results"]["num_videos"], paper["results"]["num_frames"]) == (2, 32 + 33)
+    assert sorted(p.name for p in (tmp_path / "paper").iterdir()) == ["long_a", "long_b"]
+    assert "; official: every video in val.txt (0 videos skipped)" in (run / "eval-vspw-val-min1.md").read_text()
+    assert "; paper: videos of at least 32 frames (1 video skipped)" in (run / "eval-vspw-val.md").read_text()
+
+    for scores, videos, folder in ((official, VSPW_VIDEOS, "official"), (paper, ["long_a", "long_b"], "paper")):
+        miou, accuracy = official_vspw_scores(vspw, tmp_path / folder, videos)
+        assert scores["results"]["miou"] == pytest.approx(miou, rel=1e-12, abs=0)
+        assert scores["results"]["pixel_acc"] == pytest.approx(accuracy, rel=1e-12, abs=0)
+    assert 0.3 < paper["results"]["miou"] < 0.9 and 0.3 < official["results"]["miou"] < 0.9  # neither all nor none
+    assert abs(official["results"]["miou"] - paper["results"]["miou"]) > 0.01  # the short video's classes count
+
+    tables.main([str(run)])  # both protocols evaluated: the table takes the paper's
+    assert f"| {100 * paper['results']['miou']:.2f} |" in capsys.readouterr().out
+
+
+def red_logits(model, frames, *args):
+    """Per-frame logits standing in for qshift.stream_logits' (one frame at a time): 3 queries of classes 4, 58 and 98
+    whose masks follow the frame's red channel at a quarter of its size, so that the maps have edges. Records the
+    pixel values it is given in red_logits.seen."""
+    class_logits = torch.zeros(1, 3, data.VSPW_NUM_CLASSES + 1)
+    class_logits[0, [0, 1, 2], [4, 58, 98]] = 8.0
+    for x in frames:
+        red_logits.seen.append(x)
+        red = F.avg_pool2d(x[None, :1], 4, ceil_mode=True)  # (1, 1, h/4, w/4)
+        yield class_logits, 4 * torch.cat([red - 1, -red - 1, 1 - red.abs()], 1)
+
+
+def test_short_side_scales_frames_for_the_model_and_scores_their_class_scores_at_the_labels_size(
+        vspw, vspw_model, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(qshift, "stream_logits", red_logits)
+    red_logits.seen = []
+    run = tmp_path / "run"
+    vspw_model.save_pretrained(run / "best")
+    main(["--checkpoint", str(run / "best"), "--data", "vspw", "--root", str(vspw), "--min-frames", "1",
+          "--max-videos", "1", "--short-side", "24", "--save-predictions", str(tmp_path / "pred"), "--device", "cpu"])
+    capsys.readouterr()
+    saved = json.loads((run / "eval-vspw-val-min1-first1.json").read_text())
+    assert saved["short_side"] == 24 and saved["results"]["num_frames"] == 12  # the short video, first in val.txt
+    assert "scaled down to a short side of 24 for the model" in (run / "eval-vspw-val-min1-first1.md").read_text()
+
+    origin = sorted((vspw / "data" / "short" / "origin").iterdir())
+    frames = torch.from_numpy(np.stack([np.array(Image.open(path)) for path in origin])).permute(0, 3, 1, 2)
+    small = F.interpolate(frames, size=(24, 34), mode="bilinear", antialias=True)  # 56 * 24 / 40 = 33.6 wide
+    pixel_values = qshift.frames_to_pixel_values(small.permute(0, 2, 3, 1))
+    assert torch.equal(torch.stack(red_logits.seen), pixel_values)  # what the model saw: the frames scaled down
+    logits = [torch.cat(x) for x in zip(*red_logits(None, pixel_values))]
+    expected = qshift.semantic_segmentation(*logits, VSPW_SIZE)  # class scores resized to the labels' size, argmax
+    maps = np.stack([np.array(Image.open(tmp_path / "pred" / "short" / f"{path.stem}.png")) for path in origin])
+    assert maps.shape == (12, *VSPW_SIZE) and np.array_equal(maps.astype(np.int64) - 1, expected.numpy())
+    small_maps = qshift.semantic_segmentation(*logits, (24, 34))[:, None].float()
+    resized_maps = F.interpolate(small_maps, size=VSPW_SIZE, mode="nearest-exact")[:, 0].long()
+    assert len(expected.unique()) == 3 and not torch.equal(resized_maps, expected)  # the check tells them apart
+
+
+def test_scaled_size_keeps_the_aspect_and_never_scales_up():
+    assert data.scaled_size(2160, 3840, 480) == (480, 853)  # 4K: 3840 * 480 / 2160 = 853.3
+    assert data.scaled_size(1920, 1080, 480) == (853, 480)  # portrait
+    assert data.scaled_size(480, 854, 480) == (480, 854) and data.scaled_size(360, 640, 480) == (360, 640)  # not up
+    assert data.scaled_size(720, 1280, 0) == (720, 1280)  # 0: as it is
+
+
+# -----------------------------------------------------------------------------
 # distributed evaluation: two gloo processes on the CPU against one
 
 
@@ -475,6 +627,11 @@ def bad_checkpoints(checkpoint, tmp_path_factory):
      "--world: hide_run 30: 1 x 30 hidden frames"),
     (["--checkpoint", "{good}", "--data", "vspw", "--root", "{bad}", "--world", "hide_run=2"], "only the synthetic"),
     (["--checkpoint", "{bad}/from-run/best"], "cannot read"),
+    (["--checkpoint", "{good}", "--data", "vspw", "--root", "{bad}", "--min-frames", "0"],
+     "--min-frames 0: must be at least 1"),
+    (["--checkpoint", "{good}", "--data", "synthetic", "--min-frames", "1"], "--min-frames: only VSPW skips short"),
+    (["--checkpoint", "{good}", "--data", "vspw", "--root", "{bad}", "--short-side", "-1"],
+     "--short-side -1: must be at least 0"),
     (["--data", "synthetic"], "--checkpoint: give"),
 ])
 def test_bad_input_is_one_line_and_exit_status_2(args, message, bad_checkpoints, checkpoint, capfd):
