@@ -28,7 +28,6 @@ Under torch.distributed (train.py's validation with torchrun), evaluate() scores
 and adds up the ranks' sums, so that every rank returns the scores of all the videos, equal to one process's.
 """
 import json
-import math
 from pathlib import Path
 
 from cli import (add_amp, check_at_least, check_checkpoint, count, device_name, fail, first_line, make_parser,
@@ -37,19 +36,19 @@ from cli import (add_amp, check_at_least, check_checkpoint, count, device_name, 
 DATA_SETS = ("vspw", "cityscapes-vps", "clips", "synthetic")
 
 
-def scored(data, root, split, world=None):
+def scored(data_set, root, split, world=None):
     """What an evaluation scored, in its file names: the data set (own clips: and their folder's name; synthetic: the
     world's knobs that differ from the default, cli.world_name) and split."""
-    if data == "clips" and root:
-        return f"{data}-{Path(root).resolve().name}-{split}"
-    return f"{data}{world_name(world or {})}-{split}"
+    if data_set == "clips" and root:
+        return f"{data_set}-{Path(root).resolve().name}-{split}"
+    return f"{data_set}{world_name(world or {})}-{split}"
 
 
-def eval_name(data, split, clip_len=None, max_videos=None, root=None, world=None, min_frames=None):
+def eval_name(data_set, split, clip_len=None, max_videos=None, root=None, world=None, min_frames=None):
     """File name (no suffix) of an evaluation in its run folder: it names what was scored, VSPW's shortest video
     scored (min_frames) where it is not the paper's, the clip length and the number of videos, so that no evaluation
     replaces another of something else."""
-    return (f"eval-{scored(data, root, split, world)}"
+    return (f"eval-{scored(data_set, root, split, world)}"
             + (f"-min{min_frames}" if min_frames not in (None, VSPW_MIN_FRAMES) else "")
             + (f"-clip{clip_len}" if clip_len else "") + (f"-first{max_videos}" if max_videos else ""))
 
@@ -128,7 +127,7 @@ from tqdm import tqdm
 import cli
 import data
 from data import VSPW_MIN_FRAMES
-from metrics import TITLES, Scores
+from metrics import TITLES, Scores, json_safe, percent
 from pictures import class_colours, raw_palette, save_picture, save_prediction
 from qshift import Settings
 
@@ -211,10 +210,6 @@ def evaluate(model, dataset, device=None, clip_len=None, amp=None, progress=True
 # one run's report
 
 
-def _pct(x):
-    return "–" if x is None or math.isnan(x) else f"{100 * x:.2f}"
-
-
 def shifted_channels(model):
     """How many channels each placement shifts, e.g. "64" (queries alone, as in the paper's tables), "pixels 8",
     "backbone 4/8/16/32"; "0" for the frame-by-frame model."""
@@ -237,33 +232,26 @@ def run_markdown(run):
     """One evaluation (the eval json's dict) as Markdown: what was scored (VSPW: which videos, vspw_protocol), the
     model's settings (as qshift.Settings names them), the scores, then IoU per class."""
     r = run["results"]
-    scored = ("whole videos" if not run["clip_len"] else f"clips of {run['clip_len']} frames") + \
+    what = ("whole videos" if not run["clip_len"] else f"clips of {run['clip_len']} frames") + \
         "".join(f", {key} {value:g}" for key, value in sorted(run["world"].items()))
     if run.get("short_side"):
-        scored += f", scaled down to a short side of {run['short_side']} for the model"
+        what += f", scaled down to a short side of {run['short_side']} for the model"
     if "protocol" in run:
-        scored += f"; {run['protocol']} ({count(run['skipped_videos'], 'video')} skipped)"
+        what += f"; {run['protocol']} ({count(run['skipped_videos'], 'video')} skipped)"
     settings = ", ".join(f"{f.name} {','.join(v) if isinstance(v := run[f.name], (list, tuple)) else v}"
                          for f in fields(Settings))
     lines = [f"# {run['checkpoint']} on {run['data']} {run['split']}", "",
-             f"{settings} ({run['channels']} channels shifted); {scored}", ""]
+             f"{settings} ({run['channels']} channels shifted); {what}", ""]
     seen = f"{count(r['num_frames'], 'frame')} of {count(r['num_videos'], 'video')}"
     if "miou" not in r:
         return "\n".join(lines + [f"{seen} predicted; no labels.", ""])
     keys = [key for key in TITLES if key in r]
     lines += ["| " + " | ".join(TITLES[k] for k in keys) + " |", "|" + "---:|" * len(keys),
-              "| " + " | ".join(_pct(r[k]) for k in keys) + " |", "",
+              "| " + " | ".join(percent(r[k]) for k in keys) + " |", "",
               f"{seen}; percent; mVC_k counts videos of over k frames.",
               "", "## IoU per class (– : absent from the ground truth)", "", "| class | IoU |", "|---|---:|"]
-    lines += [f"| {name} | {_pct(iou)} |" for name, iou in r["iou"].items()]
+    lines += [f"| {name} | {percent(iou)} |" for name, iou in r["iou"].items()]
     return "\n".join(lines) + "\n"
-
-
-def _json_safe(x):
-    """NaN -> None (null), recursively: strict JSON."""
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    return None if isinstance(x, float) and math.isnan(x) else x
 
 
 # -----------------------------------------------------------------------------
@@ -302,7 +290,7 @@ def main(args):
     name = eval_name(args.data, args.split, args.clip_len, args.max_videos, args.root, args.world,
                      videos.get("min_frames"))
     report = run_markdown(run)
-    (checkpoint.parent / f"{name}.json").write_text(json.dumps(_json_safe(run), indent=2) + "\n")
+    (checkpoint.parent / f"{name}.json").write_text(json.dumps(json_safe(run), indent=2) + "\n")
     (checkpoint.parent / f"{name}.md").write_text(report)
     print(report, end="")
     print(f"wrote {checkpoint.parent / name}.json and .md")

@@ -18,6 +18,18 @@ TITLES = {"miou": "mIoU", "pixel_acc": "pix. acc.", "mvc8": "mVC8", "mvc16": "mV
 CUE_DISTANCES = (1, 2, 3)  # hidden-cue accuracy by the frames to the nearest frame showing the cue; the last: 3 or more
 
 
+def percent(x):
+    """A score in percent for reports and tables: '51.20', or '–' where there is none (None or NaN)."""
+    return "–" if x is None or math.isnan(x) else f"{100 * x:.2f}"
+
+
+def json_safe(x):
+    """NaN -> None (null), recursively through dicts: strict JSON for reports."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    return None if isinstance(x, float) and math.isnan(x) else x
+
+
 def summary(results, keys=("miou", "pixel_acc", "mvc8", "hidden_miou", "visible_miou")):
     """Scores of results in one line, in percent: 'mIoU 51.20, pix. acc. 93.10, ...' (those of keys it has)."""
     return ", ".join(f"{TITLES[key]} {100 * results[key]:.2f}" for key in keys if key in results)
@@ -95,17 +107,6 @@ class VideoConsistency:
         return accs[valid].sum().item(), int(valid.sum())
 
 
-def video_consistency(preds, labels, k):
-    """VC_k terms of one video: preds, labels (n, H, W) int tensors -> (sum of acc_i, number of windows).
-
-    mVC_k of a dataset = sum over videos of the sums / sum of the numbers of windows (the official nanmean).
-    """
-    vc = VideoConsistency(k)
-    for pred, label in zip(preds, labels):
-        vc.update(pred, label)
-    return vc.result()
-
-
 VC_WINDOWS = (8, 16)  # mVC8, mVC16
 
 
@@ -116,8 +117,8 @@ class Scores:
     It holds sums only, so that the ranks of a distributed evaluation can add theirs up (all_reduce) and each gets
     exactly the scores of one process: confusion matrices (of all pixels, and on the synthetic set of the hidden-cue
     pixels, of those at each cue distance, and of the visible-object pixels), each video's VC_k sums in a row of its
-    own (filled by the one rank that scores
-    the video, so that every rank adds up the same numbers in the same order), and counts of frames and videos.
+    own (filled by the one rank that scores the video, so that every rank adds up the same numbers in the same
+    order), and counts of frames and videos.
     """
 
     def __init__(self, num_classes, num_videos, background_class=None, device="cpu"):

@@ -9,7 +9,6 @@ from PIL import Image, ImageDraw, ImageFont
 from data import IGNORE_INDEX
 from qshift import MEAN, STD
 
-VIS_FRAMES = 6  # rows of a video's picture: frames spread evenly over the video
 VIS_WIDTH = 480  # wider frames are scaled down in pictures
 
 

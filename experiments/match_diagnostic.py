@@ -47,8 +47,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[i]) for i in (1, 0)]  # run
 import data
 import qshift
 from cli import check_checkpoint, fail, first_line
-from evaluate import _json_safe
-from tables import _mean_std
+from metrics import json_safe
+from tables import mean_std
 
 MIN_PIXELS = 8  # a query must own this many pixels of an object to cover it (the objects have ~200-800 pixels)
 PAIRINGS = ("Eq. 2 (queries)", "identity", "masks", "oracle")
@@ -191,7 +191,7 @@ def markdown_table(runs):
     lines = ["| pairing of t-1 with t | " + " | ".join(titles) + " |",
              "|---|" + "---:|" * len(COLUMNS)]
     for row in runs[0]:
-        cells = [_mean_std([run[row].get(key, float("nan")) for run in runs])[0] for key in COLUMNS]
+        cells = [mean_std([run[row].get(key, float("nan")) for run in runs])[0] for key in COLUMNS]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -241,7 +241,7 @@ def main(argv=None):
                f"checkpoints: {', '.join(args.checkpoints)}.\n")
     print(summary, end="")
     if args.out:
-        report = {"min_pixels": args.min_pixels, "videos": num_videos, "runs": [_json_safe(run) for run in runs]}
+        report = {"min_pixels": args.min_pixels, "videos": num_videos, "runs": [json_safe(run) for run in runs]}
         text = json.dumps(report, indent=2) + "\n" if args.out.endswith(".json") else \
             "\n".join(["# Does Eq. 2 pair the same segment?", "", summary, *sections])
         Path(args.out).write_text(text)

@@ -22,23 +22,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's
 from cli import check_at_least, fail, first_line, make_parser, parse_world
 from data import VSPW_MIN_FRAMES
 from evaluate import DATA_SETS, scored
-from metrics import CUE_DISTANCES, TITLES
+from metrics import CUE_DISTANCES, TITLES, percent
 from qshift import Settings
 
 
-def _pct(x):
-    return "–" if x is None or math.isnan(x) else f"{100 * x:.2f}"
-
-
-def _mean_std(values):
+def mean_std(values):
     """'m ± s' in percent over the finite values (sample std), 'm' for one value, '–' for none; and the mean."""
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return "–", math.nan
     mean = float(np.mean(values))
     if len(values) == 1:
-        return _pct(mean), mean
-    return f"{_pct(mean)} ± {100 * float(np.std(values, ddof=1)):.2f}", mean
+        return percent(mean), mean
+    return f"{percent(mean)} ± {100 * float(np.std(values, ddof=1)):.2f}", mean
 
 
 RUN_KEYS = ("checkpoint", "data", "split", "clip_len", "shift_div", "match", "causal", "channels", "results")
@@ -118,7 +114,7 @@ def results_table(runs):
     synthetic = any("hidden_miou" in run["results"] for run in runs)
 
     def mean(key, metric):
-        return _mean_std([run["results"].get(metric) for run in groups[key]])[1] if key in groups else math.nan
+        return mean_std([run["results"].get(metric) for run in groups[key]])[1] if key in groups else math.nan
 
     def order(key):  # baseline, the paper's placement, other placements; 1/128 .. 1/2; causal and matching last
         s = settings[key]
@@ -130,7 +126,7 @@ def results_table(runs):
                 bool(s.get("causal")), bool(s.get("match")), values)
 
     by_distance = [metric for metric in (f"hidden_d{d}_acc" for d in CUE_DISTANCES)  # those measured somewhere
-                   if not math.isnan(_mean_std([run["results"].get(metric) for run in runs])[1])]
+                   if not math.isnan(mean_std([run["results"].get(metric) for run in runs])[1])]
     metrics = ["mvc8"] + (["hidden_miou", "hidden_acc", *by_distance, "visible_acc"] if synthetic else [])
     header = ["shift fraction", "channels", "matching"] + (["causal"] if causal else []) + varying + \
         [TITLES["miou"], TITLES["pixel_acc"], f"Δ {TITLES['miou']}", f"Δ {TITLES['pixel_acc']}"] + \
@@ -142,11 +138,11 @@ def results_table(runs):
         cells = [f"1/{s['shift_div']}" if s["shift_div"] else "0", str(group[0]["channels"]),
                  _cell(bool(s.get("match")))] + ([_cell(bool(s.get("causal")))] if causal else [])
         cells += [_cell(s.get(name)) for name in varying]
-        cells += [_mean_std([run["results"].get(m) for run in group])[0] for m in ("miou", "pixel_acc")]
+        cells += [mean_std([run["results"].get(m) for run in group])[0] for m in ("miou", "pixel_acc")]
         for metric in ("miou", "pixel_acc"):
             diff = mean(key, metric) - mean(baselines[key], metric)
             cells.append("" if s["shift_div"] == 0 else "–" if math.isnan(diff) else f"{100 * diff:+.2f}")
-        cells += [_mean_std([run["results"].get(m) for run in group])[0] for m in metrics]
+        cells += [mean_std([run["results"].get(m) for run in group])[0] for m in metrics]
         lines.append("| " + " | ".join(cells + [str(len(group))]) + " |")
     first = runs[0]
     caption = (f"{first['data']} {first['split']}, " + ("whole videos" if not first["clip_len"] else

@@ -19,7 +19,7 @@ import evaluate
 import qshift
 import pictures
 from evaluate import parse_args
-from metrics import SegMetrics, video_consistency
+from metrics import SegMetrics, VideoConsistency, json_safe
 from pictures import colorize
 from test_data import save_image, save_palette_label
 from test_tables import tables
@@ -105,6 +105,14 @@ def vc_by_definition(preds, labels, k):
             accs.append((g & p).sum() / g.sum())
     accs = np.array(accs)
     return accs[~np.isnan(accs)].sum(), int((~np.isnan(accs)).sum())
+
+
+def video_consistency(preds, labels, k):
+    """VideoConsistency fed a whole video: preds, labels (n, H, W) int tensors -> (sum of acc_i, number of windows)."""
+    vc = VideoConsistency(k)
+    for pred, label in zip(preds, labels):
+        vc.update(pred, label)
+    return vc.result()
 
 
 def test_video_consistency_hand_computed():
@@ -291,7 +299,7 @@ def test_scores_on_cuda_equal_those_on_the_cpu(synthetic, tiny_model, monkeypatc
     on_cpu = evaluate.evaluate(torch.nn.Linear(1, 1), synthetic, progress=False)
     monkeypatch.setattr(qshift, "predict_video", lambda *args: (pred.cuda() for pred in fake_predictions(*args)))
     on_cuda = evaluate.evaluate(torch.nn.Linear(1, 1), synthetic, "cuda", progress=False)  # index_add_, pinned labels
-    assert json.dumps(evaluate._json_safe(on_cuda)) == json.dumps(evaluate._json_safe(on_cpu))
+    assert json.dumps(json_safe(on_cuda)) == json.dumps(json_safe(on_cpu))
     monkeypatch.undo()
     amp = evaluate.evaluate(tiny_model, synthetic, "cuda", amp=torch.bfloat16, progress=False)  # bf16 autocast
     tiny_model.cpu()
@@ -508,7 +516,7 @@ def evaluate_as_rank(rank, world, folder):
     qshift.predict_video = fake_predictions
     results = evaluate.evaluate(torch.nn.Linear(1, 1), dataset, "cpu", progress=False,
                                 save_predictions=folder / "pred")
-    (folder / f"rank{rank}.json").write_text(json.dumps(evaluate._json_safe(results)))
+    (folder / f"rank{rank}.json").write_text(json.dumps(json_safe(results)))
     if world > 1:
         dist.destroy_process_group()
 
