@@ -1,12 +1,11 @@
-"""What the scripts (train.py, evaluate.py, predict.py, bench.py, experiments/) share: their command line, the device,
-loading a checkpoint, and reading ahead while the model runs.
+"""What the scripts (train.py, evaluate.py, predict.py, bench.py, experiments/) share: their command line, loading a
+checkpoint, and the device.
 
 Each script reads and checks its flags before it imports torch and transformers (2-4 s), so that --help and a
 mistake answer at once: this module loads torch only inside the functions that need it, which run after the flags
 are checked. A bad flag or input is one line `error: ...` and exit status 2, with no traceback.
 """
 import argparse
-import collections
 import json
 import math
 import os
@@ -183,7 +182,7 @@ def load_model(flag, name, flags=None, **kwargs):
 
 
 # -----------------------------------------------------------------------------
-# the device, and the model at work
+# the device
 
 
 def device(name=None):
@@ -206,30 +205,3 @@ def amp_dtype(amp, device):
         native = device.type != "cuda" or torch.cuda.is_bf16_supported(including_emulation=False)
         return torch.bfloat16 if native else torch.float16
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-
-def read_ahead(items, pool, ahead):
-    """The items of an iterator, each taken by pool (one thread) `ahead` items before it is needed, so that reading
-    overlaps the model; an error in the thread is raised here, in the caller's."""
-    pending = collections.deque(pool.submit(next, items, None) for _ in range(ahead))
-    while (item := pending.popleft().result()) is not None:
-        pending.append(pool.submit(next, items, None))
-        yield item
-
-
-def segment(model, frames, chunk=8, amp=None, clip_len=None, online=False, size=None):
-    """(frame, class map (H, W) on the model's device) for frames, dicts that hold the frame's "pixel_values"
-    (3, H, W), in order, through qshift.predict_video: each pair as soon as its map is known; the frames waiting for
-    their maps are a few, whatever the video's length. online: a causal model runs one frame at a time, so that each
-    map comes as soon as its frame is read (predict.py; evaluation keeps its chunks, which are faster). size: the
-    maps' (H, W) where it is not the frames' (see predict_video)."""
-    from qshift import predict_video
-    waiting, chunk = collections.deque(), 1 if online and model.settings.causal else chunk
-
-    def pixel_values():
-        for frame in frames:
-            waiting.append(frame)
-            yield frame["pixel_values"]
-
-    for pred in predict_video(model, pixel_values(), chunk, amp, clip_len, size):
-        yield waiting.popleft(), pred

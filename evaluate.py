@@ -130,6 +130,7 @@ from data import VSPW_MIN_FRAMES
 from metrics import TITLES, Scores, json_safe, percent
 from pictures import class_colours, raw_palette, save_picture, save_prediction
 from qshift import Settings
+from streaming import read_ahead, segment
 
 VIS_FRAMES = 6  # rows of a video's picture: frames spread evenly over the video
 
@@ -176,7 +177,7 @@ def evaluate(model, dataset, device=None, clip_len=None, amp=None, progress=True
 
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
         todo = (read(v, t) for v in mine for t in range(len(dataset.videos[v][1])))
-        frames, writes = cli.read_ahead(todo, reader, chunk + 2), []
+        frames, writes = read_ahead(todo, reader, chunk + 2), []
         for v in mine:
             video, names = dataset.videos[v]
             drawn = visualize and v < num_vis
@@ -184,8 +185,8 @@ def evaluate(model, dataset, device=None, clip_len=None, amp=None, progress=True
             shown = set(range(vis_frames[0], vis_frames[1] + 1) if vis_frames else spread) if drawn else set()
             rows = []
             size = dataset.frame_size(v)  # the labels': maps are scored there, whatever size the model sees
-            for t, (frame, pred) in enumerate(cli.segment(model, itertools.islice(frames, len(names)), chunk, amp,
-                                                          clip_len, size=size)):
+            for t, (frame, pred) in enumerate(segment(model, itertools.islice(frames, len(names)), chunk, amp,
+                                                      clip_len, size=size)):
                 scores.update(pred, frame.get("labels"), frame.get("cue_distance"))
                 if save_predictions:
                     path = Path(save_predictions) / video / f"{Path(frame['name']).stem}.png"

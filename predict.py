@@ -101,6 +101,7 @@ import cli
 import data
 import pictures
 import qshift
+from streaming import read_ahead, segment
 
 # -----------------------------------------------------------------------------
 # reading: video files through FFmpeg (PyAV), folders of frames as own clips are read
@@ -294,8 +295,8 @@ def predict_input(model, path, out, short_side=480, chunk=8, amp=None, overwrite
             decoded = ({**model_input(frame_name, rgb, short_side), "pts": pts, "duration": duration}
                        for frame_name, rgb, pts, duration in frames)  # in the reader
             writes = collections.deque()
-            ahead = cli.read_ahead(decoded, reader, chunk + 2)
-            for frame, pred in cli.segment(model, ahead, chunk, amp, online=True):
+            ahead = read_ahead(decoded, reader, chunk + 2)
+            for frame, pred in segment(model, ahead, chunk, amp, online=True):
                 if size is None:
                     size = frame["size"]
                 elif frame["size"] != size:

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import cli
 import data
 import pictures
 import predict
 import qshift
+from streaming import segment
 from tiny import build_model, tiny_config
 
 T = 12  # frames of the test video
@@ -199,7 +199,7 @@ def test_a_causal_model_is_online_each_map_comes_once_its_frame_is_read(frames):
     for causal, chunk, lookahead in ((True, 8, 0), (False, 1, 1)):  # causal: one frame at a time, whatever chunk
         model = build_model(tiny_config(4), shift_div=8, match=True, causal=causal).eval()
         read.clear()
-        for t, (frame, pred) in enumerate(cli.segment(model, model_inputs(), chunk, online=True)):
+        for t, (frame, pred) in enumerate(segment(model, model_inputs(), chunk, online=True)):
             assert frame["name"] == f"{t}" and pred.shape == (64, 96)
             assert len(read) == min(T, t + 1 + lookahead)  # a bidirectional model waits for frame t+1
 
