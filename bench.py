@@ -113,6 +113,7 @@ from transformers import DetrConfig, Mask2FormerConfig, MaskFormerConfig, SwinCo
 
 import cli
 import data
+import matcher
 import qshift
 from metrics import SegMetrics
 from tiny import build_model
@@ -213,12 +214,12 @@ SHIFTED = [  # (name, settings, the model it is timed against) of the models mea
     (CONTROL, None, BASE),  # settings None: the frame-by-frame model itself, whose ratio shows the noise floor
     (PAPER, dict(shift_div=16, match=True), BASE),
     ("shift 1/16, queries matched by masks", dict(shift_div=16, match_by="masks"), BASE),
-    ("shift 1/16 at pixels", dict(shift_div=16, shift_at=["pixels"]), BASE),
-    ("shift 1/16 at backbone", dict(shift_div=16, shift_at=["backbone"]), BASE),
-    ("shift 1/16 at queries + pixels, matching", dict(shift_div=16, shift_at=["queries", "pixels"]), BASE),
+    ("shift 1/16 at pixels", dict(shift_div=16, shift_at=("pixels",)), BASE),
+    ("shift 1/16 at backbone", dict(shift_div=16, shift_at=("backbone",)), BASE),
+    ("shift 1/16 at queries + pixels, matching", dict(shift_div=16, shift_at=("queries", "pixels")), BASE),
     # reach: the same 1/4 of the 256 pixel-embedding channels (32 each way) from frames t-3..t+3, 11, 11 and 10
-    ("shift 1/4 at pixels", dict(shift_div=4, shift_at=["pixels"]), BASE),
-    (REACH, dict(shift_div=4, shift_at=["pixels"], reach=3), "shift 1/4 at pixels"),
+    ("shift 1/4 at pixels", dict(shift_div=4, shift_at=("pixels",)), BASE),
+    (REACH, dict(shift_div=4, shift_at=("pixels",), reach=3), "shift 1/4 at pixels"),
 ]
 
 
@@ -227,6 +228,7 @@ def variants(config, device, shifted=SHIFTED):
     against None; then the `shifted` ones, which share its weights, each timed against the model named `against`."""
     torch.manual_seed(0)
     base = build_model(config, shift_div=0).to(device)
+    matcher.install(base.model)  # the loss's matcher that train.py installs: one host wait per call, float32 costs
     return [(BASE, base, None)] + [(name, base if settings is None else qshift.QShiftSegmenter(base.model, **settings),
                                     against) for name, settings, against in shifted]
 
@@ -505,8 +507,8 @@ def model_figures(models, match_ms):
 
 
 STREAMED = {  # figure key -> the settings whose streamed memory is measured besides the paper's
-    "pixels": dict(shift_at=["pixels"]), "backbone": dict(shift_at=["backbone"]),
-    "masks": dict(match_by="masks"), "backbone_queries": dict(shift_at=["backbone", "queries"])}
+    "pixels": dict(shift_at=("pixels",)), "backbone": dict(shift_at=("backbone",)),
+    "masks": dict(match_by="masks"), "backbone_queries": dict(shift_at=("backbone", "queries"))}
 
 
 def collect(args, config, m2f_config, clip_len=16, metric_blocks=12):

@@ -188,7 +188,7 @@ def test_json_out_holds_the_sections_done_when_a_later_one_fails(tmp_path):
     with pytest.raises(ValueError, match="shift_div 16"):
         bench.collect(args, tiny_config(5, embed_dim=32), odd)
     saved = json.loads(out.read_text())
-    assert saved["sections_done"] == ["fps"] and saved["failed"].startswith("mask2former: ValueError: shift_div 16")
+    assert saved["sections_done"] == ["fps"] and saved["failed"].startswith("mask2former: SettingError: shift_div 16")
     assert set(saved["figures"]) == FPS and saved["models"] == []
     assert saved["settings"]["sections"] == ["mask2former", "fps"]  # as asked; run in SECTIONS' order
     assert saved["fps_method"].startswith("Frames per second on the CPU") and list(tmp_path.iterdir()) == [out]

@@ -12,7 +12,7 @@ does where the code can tell (fake_cuda). The crossing, chosen so that the file 
   backbone, queries and pixels, matched by masks, causal, reach 2, in fp16, one step validated.
 - evaluate.py --amp fp16 on A's checkpoint and --amp bf16 on B's; predict.py --amp fp16 on a folder of frames with
   A's and --amp bf16 on a video with B's (causal: online, one frame at a time). In process, through their main.
-- bench.py: model_cost's inference and training step under its --amp (bf16 on this branch), both families,
+- bench.py: model_cost's inference and training step under --amp bf16 and fp16, one family each,
   matching by masks.
 """
 import json
@@ -238,16 +238,22 @@ def test_predict_runs_the_model_under_its_amp_on_a_folder_and_a_video(run_a, run
     assert capsys.readouterr().out.count(" 6 frames in ") == 2
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_bench_times_inference_and_training_under_its_amp(family, heads_autocast):
-    """bench.py --amp (bf16 on or off on this branch), the queries matched by masks: inference, and a training step
-    with HF's loss."""
+@pytest.mark.parametrize("family,amp", [("maskformer", "bf16"), ("mask2former", "fp16")])
+def test_bench_times_inference_and_training_under_its_amp(family, amp, heads_autocast):
+    """bench.py --amp bf16 and fp16 (with its loss scaled), the queries matched by masks: inference, and a training
+    step with HF's loss."""
     by_masks = [case for case in bench.SHIFTED if case[1] and case[1].get("match_by") == "masks"]
     models, match_ms = bench.model_cost(bench.variants(tiny_config(5, family=family), "cpu", by_masks), 2, 32, "cpu",
-                                        amp=True, budget=0, min_blocks=1)
+                                        amp=DTYPES[amp], budget=0, min_blocks=1)
     assert [m["name"] for m in models] == [bench.BASE] + [name for name, _, _ in by_masks]
     assert all(np.isfinite(m[f"{key}_ms"]) and m[f"{key}_ms"] > 0 for m in models for key in ("forward", "train_step"))
-    assert set(heads_autocast) == {torch.bfloat16}
+    assert set(heads_autocast) == {DTYPES[amp]}
+
+
+def test_bench_amp_alone_is_auto_and_its_default_is_off_on_the_cpu():
+    assert bench.parse_args(["--amp"]).amp == "auto" and bench.parse_args([]).amp is None
+    assert bench.settle_device(bench.parse_args(["--device", "cpu"])).amp == "off"
+    assert bench.settle_device(bench.parse_args(["--device", "cpu", "--amp"])).amp == "bf16"  # the CPU has bf16
 
 
 # -----------------------------------------------------------------------------
