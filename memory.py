@@ -25,12 +25,15 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+from huggingface_hub import try_to_load_from_cache
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.checkpoint import checkpoint
+from transformers import AutoConfig
 
 import cli
+import data
 import matcher
 import qshift
 from cli import fail
@@ -283,9 +286,6 @@ def table(figures):
 def model_config(name):
     """The HF config of --model `name`, a MaskFormer or Mask2Former: a local folder, or a hub id in the Hugging Face
     cache, read without its weights and without the network; one line and exit status 2 if neither."""
-    from huggingface_hub import try_to_load_from_cache
-    from transformers import AutoConfig
-
     cli.check_model_path("--model", name)
     try:
         path = Path(name).expanduser() if cli.is_local(name) else try_to_load_from_cache(str(name), "config.json")
@@ -308,8 +308,6 @@ def report(config, settings, model, tiny):
     shift's settings in `settings`) as a table, then as one line of JSON; returns 0. model: --model, or the run's
     OUT/last with --resume; tiny: train.py's names of the tiny models and their families. Reads no weights, and no
     data but own clips' (their classes and one clip's size): VSPW's and Cityscapes' classes are known."""
-    import data
-
     classes = {"vspw": data.VSPW_NUM_CLASSES, "cityscapes-vps": len(data.CITYSCAPES_CLASSES)}.get(config["data"])
     crop = config["crop"] and tuple(config["crop"])
     if classes is None:  # the synthetic set or own clips: as training builds them, for their classes and frame size
