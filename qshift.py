@@ -377,11 +377,7 @@ class QShiftSegmenter(nn.Module):
         config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
         if config.model_type not in FAMILIES:
             raise ValueError(f"'{name_or_path}' is a {config.model_type} model, not a MaskFormer or Mask2Former")
-        saved = getattr(config, "qshift", {})
-        if not isinstance(saved, dict) or set(saved) - {f.name for f in fields(Settings)}:
-            raise ValueError("its config.json's qshift entry is not a JSON object of qshift.Settings")
-        if isinstance(saved.get("shift_at"), list):
-            saved["shift_at"] = tuple(saved["shift_at"])  # JSON has no tuples
+        saved = saved_settings(config)
         new_head = num_labels is not None and num_labels != config.num_labels
         if new_head:
             config.num_labels, kwargs["ignore_mismatched_sizes"] = num_labels, True  # a new class head for the labels
@@ -390,6 +386,14 @@ class QShiftSegmenter(nn.Module):
         config.label2id = {name: i for i, name in config.id2label.items()}
         model = FAMILIES[config.model_type].hf_class.from_pretrained(name_or_path, config=config, **kwargs)
         return cls(model, **{**saved, **given})
+
+
+def saved_settings(config):
+    """The settings an HF config holds in its "qshift" entry (save_pretrained), as Settings' keywords; {} if none."""
+    saved = getattr(config, "qshift", {})
+    if not isinstance(saved, dict) or set(saved) - {f.name for f in fields(Settings)}:
+        raise ValueError("its config.json's qshift entry is not a JSON object of qshift.Settings")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}  # JSON has no tuples
 
 
 def semantic_segmentation(class_logits, mask_logits, size=None):

@@ -47,7 +47,7 @@ PRESETS = {  # clip_len frames per clip; batch_size clips per step (per GPU); cr
 }
 DEFAULTS = dict(root=None, model="facebook/maskformer-swin-tiny-ade", world={}, weight_decay=0.05, warmup=100,
                 grad_clip=0.1, max_steps=0, out="out", seed=0, workers=4, amp="off", eval_every=0, val_videos=0,
-                log_every=10, min_frames=32, device=None)
+                log_every=10, min_frames=32, device=None, gradient_checkpointing=False)
 TINY = {"tiny": "maskformer", "tiny-mask2former": "mask2former"}  # --model: small random models (tiny.py)
 FLAGS = {"shift_div": "--shift", "match": "--match", "causal": "--causal", "shift_at": "--shift-at",
          "match_by": "--match-by", "reach": "--reach"}  # qshift.Settings' fields, with their meanings as help
@@ -97,6 +97,10 @@ parser.add_argument("--eval-every", type=int, help="validate every N steps (0: o
 parser.add_argument("--val-videos", type=int, help="validate on the first N videos only (0: all)")
 parser.add_argument("--log-every", type=int, help="(10)")
 parser.add_argument("--device", type=cli.device_name, help="cpu, cuda or cuda:N (default: cuda when present)")
+parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, help="keep a sixth to a third "
+                    "of the activations, recomputing the rest in backward (docs/memory.md) (off)")
+parser.add_argument("--estimate-memory", action="store_true", default=None, help="print the memory a training "
+                    "step needs on the device, by part, and exit: no weights, no training (docs/memory.md)")
 args, rest = parser.parse_known_args()
 out, saved = Path(args.out or DEFAULTS["out"]), {}
 helping = bool({"-h", "--help"} & set(rest))  # --help is answered below, with the settings' flags
@@ -118,7 +122,7 @@ if not helping:
                               "--stop-at": 1, "--workers": 0, "--eval-every": 0, "--val-videos": 0, "--log-every": 1})
     if args.crop and min(args.crop) < 1:
         fail(f"--crop {args.crop[0]} {args.crop[1]}: must be at least 1 1")
-    if data_name != "synthetic" and config["root"] is None:
+    if config["root"] is None and (data_name == "clips" or data_name != "synthetic" and not args.estimate_memory):
         fail(f"--data {data_name} needs --root, the data set's folder")
     if data_name != "synthetic" and config["world"]:
         fail(f"--world: only the synthetic data set has knobs, not --data {data_name}")
@@ -136,6 +140,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import matcher
+import memory
 from data import DataError, build_dataset, collate
 from evaluate import evaluate
 from metrics import summary
@@ -156,6 +161,8 @@ try:  # checked now; the others come from the model's checkpoint, or else Settin
     Settings(**chosen)
 except SettingError as e:
     fail(cli.refusal(e, FLAGS))
+if args.estimate_memory:  # from the configs alone: no weights, no data but own clips', no output folder
+    sys.exit(memory.report(config, chosen, out / "last" if args.resume else config["model"], TINY, FLAGS))
 if args.resume:
     try:
         state = torch.load(out / "last" / "train_state.pt", map_location="cpu", weights_only=False)
@@ -247,6 +254,8 @@ if replace_old_run and not args.overwrite:
     fail(f"--out {out} holds another run; pass --resume to continue it or --overwrite to replace it")
 
 matcher.install(model.model)  # HF's loss waits for the device once per frame; this matcher, once per call
+if config["gradient_checkpointing"]:
+    memory.checkpoint_activations(model)
 model.to(device)
 raw_model = model
 if ddp:  # static_graph: DDP finds once which parameters the loss never reaches (Swin's unread final layernorm)
@@ -426,7 +435,8 @@ for batch in batches(step):
         pbar.set_postfix(loss=f"{values[-1]:.3f}", lr=f"{lr:.2e}", fps=f"{fps:.1f}")
         if step % config["log_every"] == 0 or step == max_steps:
             with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, "loss": values[-1], "lr": lr, "frames_per_s": fps}) + "\n")
+                peak = {"max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30} if cuda else {}
+                f.write(json.dumps({"step": step, "loss": values[-1], "lr": lr, "frames_per_s": fps, **peak}) + "\n")
     if not (save_now or stop):
         continue
     if evaluate_now and val_set is not None:  # every rank scores its share of the videos; all get the same scores
