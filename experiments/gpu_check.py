@@ -1,16 +1,12 @@
 """
-The GPU check: about 8 minutes on one GPU, offline (synthetic data, random weights); docs/gpu-check.md says what
-each part asks, its tolerance, and how to read the JSON.
+The GPU check: about 8 minutes on one GPU, offline (synthetic data, random weights). Each part runs in its own
+process until its deadline (the budgets so far, counted from the start); DIR/gpu_check.json is rewritten after every
+figure, so a failure or a timeout keeps what came before. docs/gpu-check.md says what each part asks, its tolerance,
+and how to read the JSON; experiments/gpu_check.sh runs this.
 
     python experiments/gpu_check.py [--out DIR]          # on CUDA; DIR: default $OUT if set, else runs/gpu_check
     python experiments/gpu_check.py --cpu [--out DIR]    # every part at tiny sizes on the CPU, to check the script
     python experiments/gpu_check.py --parts 1,streaming  # some parts, by number or name
-
-Each part runs in its own process until its deadline, the budgets so far counted from the start: the time a part
-leaves goes to the next. DIR/gpu_check.json is rewritten after every figure, so a failure or a timeout keeps what
-came before; DIR/logs/ holds each part's output. A part is ok, partial (it skipped something, and says what and
-why), failed (a check failed), error (it raised) or timeout. Exit status 0 when every part is ok, else 1; 2 for a bad
-flag, or when torch sees no GPU without --cpu.
 """
 import argparse
 import datetime
@@ -209,14 +205,11 @@ def host_waits(part):
     for key, model, optimizer in matcher_runs(part, clips[4], fp32):
         sites = {}
         for T, clip in clips.items():
-            with warnings.catch_warnings(record=True) as caught:
+            with warnings.catch_warnings(record=True) as caught:  # one warning per wait
                 warnings.simplefilter("always")
-                if not part.cpu:
-                    torch.cuda.set_sync_debug_mode("warn")
-                try:
-                    training_step(model, optimizer, clip, fp32)
-                finally:
-                    torch.cuda.set_sync_debug_mode("default") if not part.cpu else None
+                torch.cuda.set_sync_debug_mode("warn") if not part.cpu else None
+                training_step(model, optimizer, clip, fp32)
+                torch.cuda.set_sync_debug_mode("default") if not part.cpu else None
             sites[T] = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
         if not part.cpu:
             part.figure(key, {"waits_4_frames": len(sites[4]), "waits_8_frames": len(sites[8]),
@@ -474,9 +467,9 @@ def run_bench(part):
 
 
 PARTS = {  # name: (function, seconds on CUDA, seconds in CPU mode); the CUDA budgets add up to 8 minutes
-    "host_waits": (host_waits, 25, 120), "match_share": (match_share, 45, 120), "streaming": (streaming, 40, 120),
-    "equivalence": (equivalence, 25, 120), "cuda_tests": (cuda_tests, 60, 120), "predict": (predict, 25, 120),
-    "training": (training, 90, 240), "memory": (memory, 45, 120), "bench": (run_bench, 125, 240)}
+    "host_waits": (host_waits, 20, 120), "match_share": (match_share, 45, 120), "streaming": (streaming, 35, 120),
+    "equivalence": (equivalence, 25, 120), "cuda_tests": (cuda_tests, 75, 120), "predict": (predict, 25, 120),
+    "training": (training, 90, 240), "memory": (memory, 45, 120), "bench": (run_bench, 120, 240)}
 
 # -----------------------------------------------------------------------------
 # the driver
