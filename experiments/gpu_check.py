@@ -205,11 +205,13 @@ def host_waits(part):
     for key, model, optimizer in matcher_runs(part, clips[4], fp32):
         sites = {}
         for T, clip in clips.items():
-            with warnings.catch_warnings(record=True) as caught:  # one warning per wait
+            with warnings.catch_warnings(record=True) as caught:  # on CUDA, one warning per wait
                 warnings.simplefilter("always")
-                torch.cuda.set_sync_debug_mode("warn") if not part.cpu else None
+                if not part.cpu:
+                    torch.cuda.set_sync_debug_mode("warn")
                 training_step(model, optimizer, clip, fp32)
-                torch.cuda.set_sync_debug_mode("default") if not part.cpu else None
+                if not part.cpu:
+                    torch.cuda.set_sync_debug_mode("default")
             sites[T] = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
         if not part.cpu:
             part.figure(key, {"waits_4_frames": len(sites[4]), "waits_8_frames": len(sites[8]),
@@ -235,7 +237,8 @@ def match_share(part):
             for _ in range(steps):
                 with record_function("training step"):
                     training_step(model, optimizer, clip, autocast)
-                    torch.cuda.synchronize() if cuda else None
+                    if cuda:  # the step's time is its device's too
+                        torch.cuda.synchronize()
         prof.export_chrome_trace(str(part.work / "trace.json"))  # read back in a second; prof.events() takes 10
         part.figure(key, step_shares(part.work / "trace.json", steps))
 
