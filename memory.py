@@ -307,8 +307,8 @@ def report(config, settings, model, tiny, flags):
     """train.py --estimate-memory: print the estimate of one training step of train.py's `config` (its dict; the
     shift's settings in `settings`) as a table, then as one line of JSON; returns 0. model: --model, or the run's
     OUT/last with --resume; tiny: train.py's names of the tiny models and their families; flags: its flags for the
-    settings, which a refused one names. Reads no weights, and no
-    data but own clips' (their classes and one clip's size): VSPW's and Cityscapes' classes are known."""
+    settings, which a refused one names. Reads no weights, and no data but own clips' (their classes and one clip's
+    size): VSPW's and Cityscapes' classes are known."""
     classes = {"vspw": data.VSPW_NUM_CLASSES, "cityscapes-vps": len(data.CITYSCAPES_CLASSES)}.get(config["data"])
     crop = config["crop"] and tuple(config["crop"])
     if classes is None:  # the synthetic set or own clips: as training builds them, for their classes and frame size
