@@ -93,6 +93,7 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     args = parse_args()
 
+import copy
 import ctypes
 import gc
 import multiprocessing
@@ -115,6 +116,7 @@ import cli
 import data
 import matcher
 import qshift
+from memory import checkpoint_activations
 from metrics import SegMetrics
 from tiny import build_model
 
@@ -210,6 +212,7 @@ def side_by_side(fa, fb, device, budget, precision=0.005, min_blocks=5, warmup=1
 
 BASE, PAPER = "frame by frame (shift 0)", "shift 1/16 + matching"
 CONTROL, REACH = "frame by frame, against itself", "shift 1/4 at pixels, reach 3"
+CHECKPOINTED = "frame by frame, gradient checkpointing"
 SHIFTED = [  # (name, settings, the model it is timed against) of the models measured side by side with another
     (CONTROL, None, BASE),  # settings None: the frame-by-frame model itself, whose ratio shows the noise floor
     (PAPER, dict(shift_div=16, match=True), BASE),
@@ -220,17 +223,23 @@ SHIFTED = [  # (name, settings, the model it is timed against) of the models mea
     # reach: the same 1/4 of the 256 pixel-embedding channels (32 each way) from frames t-3..t+3, 11, 11 and 10
     ("shift 1/4 at pixels", dict(shift_div=4, shift_at=("pixels",)), BASE),
     (REACH, dict(shift_div=4, shift_at=("pixels",), reach=3), "shift 1/4 at pixels"),
+    # train.py --gradient-checkpointing: a copy of the baseline whose blocks recompute their activations in backward
+    (CHECKPOINTED, lambda base: checkpoint_activations(copy.deepcopy(base)), BASE),
 ]
 
 
 def variants(config, device, shifted=SHIFTED):
     """The models compared, as (name, model, against) triples: first the frame-by-frame image model, the baseline,
-    against None; then the `shifted` ones, which share its weights, each timed against the model named `against`."""
+    against None; then the `shifted` ones, with its weights, each timed against the model named `against` (settings:
+    a dict of qshift.Settings, None for the baseline itself, or a function that makes the model from it)."""
     torch.manual_seed(0)
     base = build_model(config, shift_div=0).to(device)
     matcher.install(base.model)  # the loss's matcher that train.py installs: one host wait per call, float32 costs
-    return [(BASE, base, None)] + [(name, base if settings is None else qshift.QShiftSegmenter(base.model, **settings),
-                                    against) for name, settings, against in shifted]
+
+    def model(settings):
+        return base if settings is None else settings(base) if callable(settings) else \
+            qshift.QShiftSegmenter(base.model, **settings)
+    return [(BASE, base, None)] + [(name, model(settings), against) for name, settings, against in shifted]
 
 
 def model_cost(models, frames, size, device, amp=None, **timing):
@@ -503,6 +512,7 @@ def model_figures(models, match_ms):
     for prefix, name in (("control_", CONTROL), ("", PAPER), ("reach_", REACH)):
         for key in ("forward", "train_step"):
             figures[f"{prefix}{key}_ratio"] = timing(by_name[name], key)
+    figures["checkpoint_train_step_ratio"] = timing(by_name[CHECKPOINTED], "train_step")
     return figures
 
 
@@ -580,6 +590,8 @@ def rows(args):
             ("train_step_ratio", "training step time, shift+matching / frame-by-frame", ("<=", 1.02)),
             ("reach_forward_ratio", "forward time, pixels 1/4 at reach 3 / at reach 1", ("<=", 1.01)),
             ("reach_train_step_ratio", "training step time, pixels 1/4 at reach 3 / at reach 1", ("<=", 1.02)),
+            ("checkpoint_train_step_ratio", "training step time, --gradient-checkpointing / without (frame by frame)",
+             None),
             ("forward_ms", "forward, frame-by-frame (ms per clip)", None),
             ("train_step_ms", "training step, frame-by-frame (ms per clip)", None),
             ("match_ms", "match_queries alone (ms per clip)", None),

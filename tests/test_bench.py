@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import bench
+import memory
 from tiny import tiny_config
 
 TINY = ["--frames", "2", "--size", "64", "--min-blocks", "2", "--budget", "0", "--mem-frames", "2", "6", "--mem-size",
@@ -149,6 +150,15 @@ def test_every_model_gets_speeds_and_ratios_to_the_model_it_is_timed_against(rep
     assert models[bench.BASE]["match_pct"] is None and models[bench.CONTROL]["match_pct"] is None
 
 
+def test_the_checkpointed_model_is_a_copy_of_the_baseline_that_recomputes_its_blocks():
+    models = {name: model for name, model, _ in bench.variants(tiny_config(5, embed_dim=32), "cpu")}
+    base, checkpointed = models[bench.BASE], models[bench.CHECKPOINTED]
+    assert checkpointed is not base and checkpointed.model is not base.model
+    assert all(torch.equal(a, b) for a, b in zip(base.state_dict().values(), checkpointed.state_dict().values()))
+    assert sum(callable(vars(block).get(method)) for block, method in memory.recomputed_blocks(checkpointed)) > 0
+    assert not any(callable(vars(block).get(method)) for block, method in memory.recomputed_blocks(base))
+
+
 def test_the_control_is_the_baseline_itself_and_reach_3_moves_what_reach_1_does():
     models = {name: (model, against) for name, model, against in
               bench.variants(tiny_config(5, embed_dim=32), "cpu")}
@@ -211,7 +221,7 @@ def test_markdown_tables_have_a_row_per_figure_and_per_model(report):
     assert len(rows) == len(report["figures"]) + len(report["models"])
     assert rows[-1].startswith("| Mask2Former, shift 1/16 + matching | ") and rows[-1].endswith(" | – | – |")
     spreads = sum("blocks" in row for row in report["figures"].values()) + 2 * (len(report["models"]) - 2)
-    assert "\n".join(rows).count(" (2 blocks") == spreads == 8 + 18  # every time ratio, in each table it is in
+    assert "\n".join(rows).count(" (2 blocks") == spreads == 9 + 20  # every time ratio, in each table it is in
     assert any(line.startswith("machine: ") and "torch" in line for line in lines)
     assert "**no**" in bench.markdown(bench.report(bench.parse_args(TINY), {
         **{key: row["value"] for key, row in report["figures"].items()}, "metrics_ms": 3.0}))
