@@ -28,6 +28,7 @@ import random
 import shutil
 import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -65,9 +66,8 @@ def presets_help():
     return "\n".join(lines)
 
 
-# The flags in two steps. train.py's own are read and checked first, before torch and transformers load (2-4 s), so
-# that a mistake, such as a mistyped folder, answers at once; then qshift loads, whose Settings declare the shift's
-# flags, and the whole command line is read with them.
+# The flags in two steps: these are read and checked before torch loads (2-4 s), so that a mistake answers at once;
+# then the shift's flags, FLAGS, whose help is qshift.Settings' meanings, and the whole command line.
 parser = cli.make_parser(__doc__, epilog=presets_help(), add_help=False)
 parser.add_argument("--data", choices=list(PRESETS), help="data set (default: synthetic)")
 parser.add_argument("--root", help="data set folder (not needed for synthetic)")
@@ -130,6 +130,8 @@ if not helping:
         fail(f"--root {config['root']}: no such folder")
     if not args.resume and config["model"] not in TINY:
         cli.check_model_path("--model", config["model"])  # a mistyped folder fails here, not on the network
+    if "RANK" in os.environ and config["device"] not in (None, "cpu", "cuda"):  # torchrun gives each process its GPU
+        fail(f"--device {config['device']}: under torchrun use cuda (or cpu); CUDA_VISIBLE_DEVICES picks the GPUs")
 
 import numpy as np
 import torch
@@ -139,6 +141,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+import checkpoints
 import matcher
 import memory
 from data import DataError, build_dataset, collate
@@ -176,16 +179,13 @@ cli.quiet_transformers()  # its bars at every save would cut into ours
 
 ddp = "RANK" in os.environ
 rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-if ddp and config["device"] not in (None, "cpu", "cuda"):  # torchrun gives process LOCAL_RANK its GPU
-    fail(f"--device {config['device']}: under torchrun use cuda (or cpu); CUDA_VISIBLE_DEVICES picks the GPUs")
 cuda = torch.cuda.is_available() and config["device"] != "cpu"
 device = cli.device(f"cuda:{os.environ['LOCAL_RANK']}" if ddp and cuda else "cpu" if ddp else config["device"])
 if device.type == "cuda":  # before any CUDA work, so that nothing opens a context on GPU 0
     torch.cuda.set_device(device)
 if ddp:
-    # Ranks wait for each other in collectives: in validation, where each rank scores its share of the videos, and
-    # while rank 0 writes a checkpoint. NCCL's default timeout, 10 minutes, could abort a run there; two hours is
-    # longer than a whole VSPW validation (24k frames) should take on one GPU (estimated, not measured).
+    # Ranks wait for each other in validation (each scores its share) and while rank 0 saves: NCCL's 10-minute
+    # timeout could abort a run there; two hours exceed a whole VSPW validation on one GPU (estimated, not measured).
     dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2),
                             device_id=device if device.type == "cuda" else None)
     atexit.register(dist.destroy_process_group)  # on every exit, errors too
@@ -193,8 +193,7 @@ master = rank == 0
 if args.resume and len(state["rng"]) != world:
     fail(f"--resume: the run in {out} was trained by {len(state['rng'])} process(es), this one has {world}; resume "
          f"with the same number (the order of the clips and the schedule depend on it)")
-# mixed precision, in training and validation alike: bf16 keeps float32's range; fp16 needs its loss scaled so that
-# small gradients do not flush to zero, and a GradScaler skips the steps whose gradients overflow
+# mixed precision in training and validation; fp16's loss is scaled so that small gradients do not flush to zero
 amp = cli.amp_dtype(config["amp"], device)
 config["precision"] = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
 autocast = torch.autocast(device.type, dtype=amp, enabled=amp is not None)
@@ -312,32 +311,36 @@ def batches(step):
 
 
 def save_checkpoint(name, step, best_miou):
-    """Write OUT/<name> atomically: the checkpoint goes to a fresh folder OUT/step-N, then OUT/<name>, a link, is
-    replaced by one rename, so it is the old or the new checkpoint, never half of one. It holds the random states of
-    every rank, so that each resumes its own draws; a collective under torchrun."""
-    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-           "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-    states = [None] * world if master else None
+    """OUT/<name>, written atomically (checkpoints.save), with the random states of every rank, so that each
+    resumes its own draws; a collective under torchrun."""
+    rng, states = checkpoints.random_states(device), [None] * world if master else None
     if ddp:
         dist.gather_object(rng, states, dst=0)
-    if not master:
-        return
-    folder = out / f"step-{step:07d}"
-    if not folder.exists():
-        tmp = out / f".tmp-{folder.name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        raw_model.save_pretrained(tmp)
-        torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                    "best_miou": best_miou, "rng": states if ddp else [rng]}, tmp / "train_state.pt")
-        tmp.rename(folder)
-    link = out / f".{name}.link"
-    link.unlink(missing_ok=True)
-    link.symlink_to(folder.name)
-    os.replace(link, out / name)
-    in_use = {os.readlink(out / n) for n in ("last", "best") if (out / n).is_symlink()}
-    for old in out.glob("step-*"):
-        if old.name not in in_use:
-            shutil.rmtree(old)
+    if master:
+        train_state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                       "best_miou": best_miou, "rng": states if ddp else [rng]}
+        checkpoints.save(out, name, step, raw_model, train_state)
+
+
+def check(step, losses, stop):
+    """The host reads this rank's losses since the last check (on the device: reading one waits for it), and the
+    ranks agree, so that all stop at one step: returns (stop on any rank, the losses as floats); exits, before
+    spoiled weights are saved, where a loss or weight is not finite on any rank."""
+    values = torch.stack(losses).float().tolist()
+    weights_finite = torch.stack([p.isfinite().all() for p in raw_model.parameters()]).all().item()
+    flags = torch.tensor([stop, not all(map(math.isfinite, values)), not weights_finite], device=device).float()
+    if ddp:  # Ctrl-C and a non-finite loss can reach the ranks at different steps: all act on them at this one
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    stop, bad_loss, bad_weights = flags.tolist()
+    if bad_loss or bad_weights:
+        bad = [(step - len(values) + 1 + i, v) for i, v in enumerate(values) if not math.isfinite(v)]
+        if bad or master:
+            what = (f"the loss is {bad[0][1]} at step {bad[0][0]}" if bad else
+                    f"the weights are not finite after step {step}" if bad_weights else
+                    f"another process's loss is not finite by step {step}")
+            print(f"error: {what}; stopping (OUT/last holds the last good checkpoint)", file=sys.stderr)
+        sys.exit(1)
+    return bool(stop), values
 
 
 # -----------------------------------------------------------------------------
@@ -352,12 +355,7 @@ if args.resume:
         print(f"--resume: the run was trained in {saved['precision']} and goes on in {config['precision']}"
               f"{' with a fresh gradient scaler' if scaler.is_enabled() else ''}", file=sys.stderr)
     step, best_miou = state["step"], state["best_miou"]
-    own = state["rng"][rank]  # this rank's own draws
-    torch.set_rng_state(own["torch"])
-    np.random.set_state(own["numpy"])
-    random.setstate(own["python"])
-    if own["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(own["cuda"], device)
+    checkpoints.restore_random_states(state["rng"][rank], device)  # this rank's own draws
 if master:
     if replace_old_run:
         shutil.rmtree(out)
@@ -365,9 +363,9 @@ if master:
     off = {"root": config["root"] is None, "min_frames": data_name != "vspw", "epochs": bool(config["max_steps"]),
            "max_steps": not config["max_steps"], "world": not config["world"], "amp": amp is None,
            "eval_every": val_set is None, "val_videos": val_set is None or not config["val_videos"]}
-    off.update({f.name: not raw_model.settings.shift_div for f in fields(Settings) if f.name != "shift_div"})
-    off["match"] = off["match"] or "queries" not in raw_model.settings.shift_at  # matching orders the queries only
-    off["match_by"] = off["match_by"] or not raw_model.settings.matches
+    s = raw_model.settings  # the shift's settings where they act: matching orders the shifted queries only
+    off.update({f.name: not s.shift_div for f in fields(Settings) if f.name != "shift_div"},
+               match=not s.shift_div or "queries" not in s.shift_at, match_by=not s.matches)
     print(json.dumps({**{k: v for k, v in config.items() if not off.get(k)}, "device": str(device),
                       "world_size": world, "total_steps": max_steps, "steps_per_epoch": steps_per_epoch,
                       "train_clips": len(train_set), **({"backend": dist.get_backend()} if ddp else {})}, indent=2))
@@ -376,12 +374,13 @@ if master:
               f"largest training scale fills no more, the rest would be padding", file=sys.stderr)
     if val_set is None:
         print(f"{root}: no val.txt, so no validation; {out}/best is the last checkpoint", file=sys.stderr)
-    tmp = out / ".config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, out / "config.json")
+    checkpoints.write_json(out / "config.json", config)
 
-stop = False  # set by Ctrl-C: finish the step, save, exit; under torchrun acted on at the next check, by all ranks
-signal.signal(signal.SIGINT, lambda signum, frame: globals().update(stop=True))
+# Ctrl-C finishes the step, saves and exits (under torchrun at the next check, all ranks): a KeyboardInterrupt could
+# land inside optimizer.step and leave the weights half updated, so the signal only sets this flag
+interrupted = threading.Event()
+signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
+stop = False
 model.train()
 pbar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True)
 frames_seen, t0 = 0, time.time()
@@ -412,24 +411,10 @@ for batch in batches(step):
     save_now = evaluate_now or step == args.stop_at or step % steps_per_epoch == 0
     # Checks, where the host reads the losses: at log steps, before validating or saving, and (one process) on Ctrl-C.
     # Under torchrun they fall on the same steps on every rank, so that all stop at the same one.
-    if not (save_now or step % config["log_every"] == 0 or (stop and not ddp)):
+    if not (save_now or step % config["log_every"] == 0 or (interrupted.is_set() and not ddp)):
         continue
-    losses = torch.stack(recent).float()
-    weights_finite = torch.stack([p.isfinite().all() for p in raw_model.parameters()]).all()
-    flags = torch.stack([torch.tensor(stop or step == args.stop_at, device=device), ~losses.isfinite().all(),
-                         ~weights_finite]).float()
-    if ddp:  # Ctrl-C and a non-finite loss can reach the ranks at different steps: all act on them at this one
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    stop_flag, bad_loss, bad_weights, *values = torch.cat([flags, losses]).tolist()
-    stop, recent = bool(stop_flag), []
-    if bad_loss or bad_weights:  # exit before spoiled weights are saved
-        bad = [(step - len(values) + 1 + i, v) for i, v in enumerate(values) if not math.isfinite(v)]
-        if bad or master:
-            what = (f"the loss is {bad[0][1]} at step {bad[0][0]}" if bad else
-                    f"the weights are not finite after step {step}" if bad_weights else
-                    f"another process's loss is not finite by step {step}")
-            print(f"error: {what}; stopping (OUT/last holds the last good checkpoint)", file=sys.stderr)
-        sys.exit(1)
+    stop, values = check(step, recent, interrupted.is_set() or step == args.stop_at)
+    recent = []
     if master:
         fps = frames_seen / (time.time() - t0)
         pbar.set_postfix(loss=f"{values[-1]:.3f}", lr=f"{lr:.2e}", fps=f"{fps:.1f}")
