@@ -10,6 +10,7 @@ from PIL import Image
 
 import data
 import qshift
+import synthetic
 from data import IGNORE_INDEX, DataError, build_dataset, collate
 
 H, W = 6, 8  # frame size of the small trees
@@ -335,12 +336,12 @@ def test_collate_targets_match_hf_and_survive_all_ignored_frames():
 
 
 @pytest.fixture(scope="module")
-def synthetic():
+def default_world():
     return build_dataset("synthetic", split="train", seed=0)  # the defaults, as train.py uses them
 
 
-def test_synthetic_defaults_shapes_and_determinism(synthetic):
-    ds = synthetic
+def test_synthetic_defaults_shapes_and_determinism(default_world):
+    ds = default_world
     assert ds.background_class == 0 and ds.class_names[0] == "background" and ds.num_classes >= 3
     item = ds[0]
     T = len(item["frames"])
@@ -356,8 +357,8 @@ def test_synthetic_defaults_shapes_and_determinism(synthetic):
     assert torch.equal(frame["labels"], torch.from_numpy(ds.labels[2, 5]).long())
 
 
-def test_synthetic_hides_the_class_cue(synthetic):
-    ds = synthetic
+def test_synthetic_hides_the_class_cue(default_world):
+    ds = default_world
     images, labels, cue = ds.images[:16].astype(np.int16), ds.labels[:16], ds.cue[:16]  # 16 videos are plenty
     objects = labels != ds.background_class
     assert not (cue & ~objects).any()  # only object pixels lose their cue
@@ -594,8 +595,7 @@ def test_bad_cityscapes_vps_and_clips_trees(tmp_path):
 def test_the_command_lines_world_knobs_are_the_synthetic_worlds_with_its_defaults():
     import inspect
 
-    import cli
     parameters = inspect.signature(data.Synthetic).parameters
-    assert {knob: parameters[knob].default for knob in cli.WORLD} == cli.WORLD
-    assert cli.parse_world("hide_run=3,speed=8") == {"hide_run": 3, "speed": 8.0}
-    assert cli.parse_world("hide_run=1,speed=1") == {} == cli.parse_world("")  # one world, one spelling
+    assert {knob: parameters[knob].default for knob in synthetic.WORLD} == synthetic.WORLD
+    assert synthetic.parse_world("hide_run=3,speed=8") == {"hide_run": 3, "speed": 8.0}
+    assert synthetic.parse_world("hide_run=1,speed=1") == {} == synthetic.parse_world("")  # one world, one spelling
