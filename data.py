@@ -28,7 +28,7 @@ Your own clips (`clips`):
   The split "all" is every video; "train" without a train.txt every video that val.txt does not list. Every video
   has labels, or none has.
 
-Synthetic (`synthetic`): generated in memory from the seed, no files; see `Synthetic`.
+Synthetic (`synthetic`): generated in memory from the seed, no files; see synthetic.py and `Synthetic`.
 """
 import copy
 import json
@@ -43,10 +43,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+import synthetic
 from qshift import frames_to_pixel_values  # the normalisation of qshift.MEAN and STD (ImageNet)
+from synthetic import NO_OBJECT
 
 IGNORE_INDEX = 255
-NO_OBJECT = 255  # synthetic object_ids of pixels that show no object (background, padding)
 SCALES = (0.5, 2.0)  # range of the random training scale
 
 CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
@@ -386,55 +387,22 @@ def _clips(root, split, **common):
 
 
 class Synthetic(ClipDataset):
-    """A world where time matters: blobs whose class is shown only by colour, and hidden (grey) in some frames.
+    """The synthetic world of synthetic.py as clips, generated in memory when the dataset is made; world: its knobs
+    (synthetic.videos' keyword arguments). The whole world: images uint8 (V, T, H, W, 3), and labels, cue_distance and
+    object_ids uint8 (V, T, H, W) each. Items also carry object_ids (T, H, W): which object 0..num_objects-1 each pixel
+    shows, NO_OBJECT for none, under the labels' geometry (to ask whether a model tracks objects,
+    experiments/match_diagnostic.py)."""
 
-    Each video has `num_objects` star-shaped blobs of random outline, size (`object_size`: range of the bounding
-    diameter in pixels) and spin, moving smoothly and bouncing off the borders over a mildly textured, noisy
-    background (class `background_class` = 0). An object's class (1..num_object_classes) sets its colour and nothing
-    else. In about `hidden_fraction` of the frames, drawn per object in runs of exactly `hide_run` frames with at
-    least one visible frame between runs, the object is drawn grey: its shape stays visible, its class can only come
-    from other frames. cue_hidden marks those pixels, and cue_distance says how far the class is: the frames to the
-    nearest frame where the pixel's object is drawn in colour (0 where it is, and on the background; 1 at the ends of
-    a run, 2 in the middle of a run of 3). `speed` scales the blobs' speeds (0.5 to 1.5 pixels a frame at 1).
-    Items also carry object_ids uint8 (T, H, W): which object 0..num_objects-1 each pixel shows, NO_OBJECT for
-    none, under the labels' geometry (to ask whether a model tracks objects, experiments/match_diagnostic.py).
-    The world follows from (seed, split), video by video, and is built in memory when the dataset is made; the
-    defaults (hide_run=1, speed=1) give the world of earlier versions, byte for byte.
-    """
+    background_class = 0
 
-    COLOURS = {"red": (0.9, 0.15, 0.15), "green": (0.15, 0.8, 0.2), "blue": (0.15, 0.3, 0.95),
-               "yellow": (0.9, 0.85, 0.1), "magenta": (0.85, 0.2, 0.85), "cyan": (0.1, 0.85, 0.85)}
-    SPLITS = ("train", "val", "test")
-
-    def __init__(self, split="train", num_videos=None, num_frames=24, size=(64, 96), num_object_classes=3,
-                 num_objects=3, object_size=(16, 32), hidden_fraction=1 / 3, hide_run=1, speed=1.0, clip_len=8,
-                 train=True, crop=None, seed=0):
-        if split not in self.SPLITS:
+    def __init__(self, split="train", clip_len=8, train=True, crop=None, seed=0, **world):
+        if split not in synthetic.SPLITS:
             raise DataError(f"synthetic: unknown split {split!r} (train, val or test)")
-        if not 1 <= num_object_classes <= len(self.COLOURS):
-            raise ValueError(f"num_object_classes must be 1..{len(self.COLOURS)}")
-        if object_size[1] >= min(size):
-            raise ValueError(f"object_size {object_size}: objects must fit the {size[0]}x{size[1]} frame")
-        if not (isinstance(hide_run, int) and hide_run >= 1) or not speed > 0:
-            raise ValueError(f"hide_run {hide_run}, speed {speed}: hide_run must be a whole number of at least 1 "
-                             f"and speed above 0")
-        runs = hidden_runs(num_frames, hidden_fraction, hide_run)
-        if runs * hide_run + runs - 1 > num_frames:
-            raise ValueError(f"hide_run {hide_run}: {runs} x {hide_run} hidden frames, with a visible frame between "
-                             f"runs, do not fit {num_frames} frames (hidden_fraction {hidden_fraction:.3g})")
-        num_videos = num_videos or (64 if split == "train" else 32)
-        names = list(self.COLOURS)[:num_object_classes]
-        palette = np.array([self.COLOURS[n] for n in names])
-        world = [_synthetic_video(np.random.default_rng([seed, self.SPLITS.index(split), v, 2]), num_frames, *size,
-                                  palette, num_objects, object_size, runs, hide_run, speed)
-                 for v in range(num_videos)]
-        # (V, T, H, W, 3), then (V, T, H, W) each
-        self.images, self.labels, self.cue_distance, self.object_ids = (np.stack(x) for x in zip(*world))
-        self.background_class = 0
-        colours = [(0.25, 0.25, 0.25)] + [self.COLOURS[n] for n in names]  # pictures: background dark grey
-        self.palette = np.round(255 * np.array(colours)).astype(np.uint8)
-        videos = [(f"{split}-{v:03d}", [f"{t:03d}" for t in range(num_frames)]) for v in range(num_videos)]
-        super().__init__(videos, ["background", *names], clip_len, train, crop, seed, where=f"synthetic {split}")
+        class_names, self.palette, *arrays = synthetic.videos(split, seed, **world)
+        self.images, self.labels, self.cue_distance, self.object_ids = arrays
+        V, T = self.labels.shape[:2]
+        videos = [(f"{split}-{v:03d}", [f"{t:03d}" for t in range(T)]) for v in range(V)]
+        super().__init__(videos, class_names, clip_len, train, crop, seed, where=f"synthetic {split}")
 
     @property
     def cue(self):
@@ -455,79 +423,6 @@ class Synthetic(ClipDataset):
             ids = _warp(ids, region, size, flip, self.crop or size, "nearest-exact", NO_OBJECT)
         item["object_ids"] = ids[:, 0]
         return item
-
-
-def hidden_runs(T, hidden_fraction, hide_run):
-    """How many runs of hide_run hidden frames each object has in a video of T frames: about hidden_fraction of T
-    hidden frames in all, and at least one run when any frame is to be hidden."""
-    k = round(hidden_fraction * T)
-    return max(1, round(k / hide_run)) if k else 0
-
-
-def _synthetic_video(rng, T, H, W, palette, num_objects, object_size, runs, hide_run, speed_factor):
-    """One synthetic video: images uint8 (T, H, W, 3), labels uint8 (T, H, W), cue distances uint8 (T, H, W) (see
-    Synthetic) and object_ids uint8 (T, H, W) (NO_OBJECT: background)."""
-    O = num_objects
-    t = np.arange(T)[:, None]  # (T, 1)
-    classes = rng.integers(1, len(palette) + 1, O)
-    radius = rng.uniform(*object_size, O) / 2
-    harmonics = (2, 3, 5)  # outline r(angle) = 1 + sum_k a_k cos(k angle + phase_k), shrunk to radius
-    amplitude = rng.uniform(0, [0.2, 0.1, 0.05], (O, 3)).astype(np.float32)
-    phase = rng.uniform(0, 2 * np.pi, (O, 3)).astype(np.float32)
-    spin = rng.uniform(0, 2 * np.pi, O) + rng.uniform(-0.08, 0.08, O) * t  # (T, O)
-    speed, heading = rng.uniform(0.5, 1.5, O) * speed_factor, rng.uniform(0, 2 * np.pi, O)
-    cy = _bounce(rng.uniform(radius, H - radius) + speed * np.sin(heading) * t, radius, H - radius)  # (T, O)
-    cx = _bounce(rng.uniform(radius, W - radius) + speed * np.cos(heading) * t, radius, W - radius)
-
-    # each object drawn in an S x S window around its centre, then pasted into a canvas padded by S
-    S = int(np.ceil(object_size[1])) + 2
-    y0, x0 = np.floor(cy).astype(int) - S // 2, np.floor(cx).astype(int) - S // 2  # (T, O) window corners
-    dy = (y0[..., None] + np.arange(S) + 0.5 - cy[..., None])[..., None].astype(np.float32)  # (T, O, S, 1)
-    dx = (x0[..., None] + np.arange(S) + 0.5 - cx[..., None])[..., None, :].astype(np.float32)  # (T, O, 1, S)
-    angle = np.arctan2(dy, dx) - spin[..., None, None].astype(np.float32)  # (T, O, S, S)
-    outline = 1 + sum(amplitude[:, i, None, None] * np.cos(k * angle + phase[:, i, None, None])
-                      for i, k in enumerate(harmonics))
-    inside = np.sqrt(dy**2 + dx**2) * (1 + amplitude.sum(1))[:, None, None] <= radius[:, None, None] * outline
-    owner = np.full((T, H + 2 * S, W + 2 * S), O, np.uint8)  # which object each pixel shows, O: background
-    rows = (y0 + S)[..., None, None] + np.arange(S)[:, None]  # (T, O, S, 1)
-    cols = (x0 + S)[..., None, None] + np.arange(S)  # (T, O, 1, S)
-    for o in range(O):  # later objects in front
-        window = (t[..., None], rows[:, o], cols[:, o])
-        owner[window] = np.where(inside[:, o], o, owner[window])
-    owner = owner[:, S:S + H, S:S + W]
-
-    R, m = hide_run, runs
-    hidden = np.zeros((T, O + 1), bool)  # last column: background, never hidden
-    for o in range(O):  # m runs of R frames, a visible frame after each: m starts from T - mR + 1 slots, spread apart
-        starts = np.sort(rng.choice(T - m * R + 1, m, replace=False)) + R * np.arange(m)
-        hidden[(starts[:, None] + np.arange(R)).ravel(), o] = True
-    frames_apart = np.abs(t - t.T)[..., None]  # (T, T, 1): |t - t'|
-    distance = np.where(~hidden[None], frames_apart, T).min(1)  # (T, O + 1): to the nearest frame in colour
-    colour = palette[classes - 1] + rng.uniform(-0.06, 0.06, (O, 3))
-    grey = rng.uniform(0.45, 0.65, (O, 1)).repeat(3, 1)  # drawn independently of the class
-    table = np.concatenate([np.where(hidden[:, :O, None], grey, colour), np.zeros((T, 1, 3))], 1)  # (T, O + 1, 3)
-    table = table.astype(np.float32)
-
-    y, x = np.mgrid[0:H, 0:W].astype(np.float32)
-    background = (rng.uniform(0.2, 0.4) + rng.uniform(-0.05, 0.05, 3)).astype(np.float32)  # a dim, tinted grey
-    for _ in range(2):  # plus two faint gratings
-        freq, direction = rng.uniform(1 / 20, 1 / 6), rng.uniform(0, np.pi)
-        wave = np.sin(2 * np.pi * freq * (y * np.sin(direction) + x * np.cos(direction)) + rng.uniform(0, 2 * np.pi))
-        background = background + 0.05 * wave[..., None]  # (H, W, 3)
-    image = np.take(table.reshape(-1, 3), t[..., None] * (O + 1) + owner, axis=0)  # (T, H, W, 3): table[t, owner]
-    np.copyto(image, background, where=(owner == O)[..., None])
-    image += rng.random((T, H, W, 1), dtype=np.float32) * 0.1 - 0.05  # pixel noise
-    image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
-    labels = np.append(classes, 0)[owner].astype(np.uint8)
-    cue_distance = distance[t[..., None], owner].astype(np.uint8)
-    return image, labels, cue_distance, np.where(owner == O, NO_OBJECT, owner).astype(np.uint8)
-
-
-def _bounce(p, lo, hi):
-    """Positions p along a straight line, reflected at lo and hi: a ball bouncing between two walls."""
-    span = hi - lo
-    q = np.mod(p - lo, 2 * span)
-    return lo + np.where(q > span, 2 * span - q, q)
 
 
 def mask_targets(labels, dtype=torch.float32):

@@ -595,7 +595,7 @@ def test_bad_cityscapes_vps_and_clips_trees(tmp_path):
 def test_the_command_lines_world_knobs_are_the_synthetic_worlds_with_its_defaults():
     import inspect
 
-    parameters = inspect.signature(data.Synthetic).parameters
+    parameters = inspect.signature(synthetic.videos).parameters
     assert {knob: parameters[knob].default for knob in synthetic.WORLD} == synthetic.WORLD
     assert synthetic.parse_world("hide_run=3,speed=8") == {"hide_run": 3, "speed": 8.0}
     assert synthetic.parse_world("hide_run=1,speed=1") == {} == synthetic.parse_world("")  # one world, one spelling
