@@ -30,7 +30,6 @@ Your own clips (`clips`):
 
 Synthetic (`synthetic`): generated in memory from the seed, no files; see synthetic.py and `Synthetic`.
 """
-import copy
 import json
 import math
 import os
@@ -49,6 +48,7 @@ from synthetic import NO_OBJECT
 
 IGNORE_INDEX = 255
 SCALES = (0.5, 2.0)  # range of the random training scale
+PADS = {"labels": IGNORE_INDEX, "cue_distance": 0, "object_ids": NO_OBJECT}  # a clip's maps, each padded with "none"
 
 CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
                       "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
@@ -98,8 +98,8 @@ class ClipDataset(Dataset):
     """Clips of T consecutive frames of `videos`; subclasses read the frames in `_load(v, frame indices)`.
 
     An item: pixel_values float32 (T, 3, H, W) normalised, labels int64 (T, H, W) (0..num_classes-1, IGNORE_INDEX;
-    absent without labels), cue_hidden bool (T, H, W) and cue_distance uint8 (T, H, W) (synthetic only: see
-    Synthetic), video (str), frames (T frame names).
+    absent without labels), cue_hidden bool, cue_distance uint8 and object_ids uint8 (T, H, W) (synthetic only: see
+    synthetic.py), video (str), frames (T frame names).
     Training covers every video each epoch with n // T clips starting at a random offset drawn in set_epoch, so
     len() never changes; all randomness comes from (seed, epoch, video or item index), never from global state.
     Evaluation: consecutive clips that show every frame once (the last of a video may be shorter), or whole videos.
@@ -173,14 +173,15 @@ class ClipDataset(Dataset):
         return self._load(v, [0])[0].shape[1:3]
 
     def _load(self, v, ts):
-        """Frames ts (a list of indices) of video v, read: images uint8 (T, H, W, 3), raw labels uint8 (T, H, W) or
-        None, cue distances uint8 (T, H, W) or None. Each data set reads its own; DataError for a bad file."""
+        """Frames ts (a list of indices) of video v, read: images uint8 (T, H, W, 3), and maps {name: uint8 (T, H, W)}
+        of the frames' pixels, keyed as PADS ("labels": raw labels, where there are labels). Each data set reads its
+        own; DataError for a bad file."""
         raise NotImplementedError
 
     def _clip(self, v, ts, rng=None, short_side=0):
         """Frames ts of video v as tensors, all under one random geometry when rng is given; else whole, with the
         pixel_values alone scaled down to short_side (see frame)."""
-        images, labels, cue = self._load(v, ts)  # (T, H, W, 3) uint8, raw (T, H, W) uint8 or None, uint8 or None
+        images, maps = self._load(v, ts)  # (T, H, W, 3) uint8, {name: (T, H, W) uint8}
         H, W = images.shape[1:3]
         if rng is None:
             region, size, flip, out = (0, 0, H, W), (H, W), False, (H, W)
@@ -191,12 +192,12 @@ class ClipDataset(Dataset):
             seen, seen_out = size, out
         pixels = _warp(torch.from_numpy(images).permute(0, 3, 1, 2), region, seen, flip, seen_out, "bilinear", 0)
         item = {"pixel_values": frames_to_pixel_values(pixels.permute(0, 2, 3, 1))}  # (T, 3, H, W), as qshift's
-        if labels is not None:
-            labels = _warp(torch.from_numpy(labels)[:, None], region, size, flip, out, "nearest-exact", IGNORE_INDEX)
-            item["labels"] = torch.from_numpy(self.lut[labels[:, 0].numpy()])  # (T, H, W) int64 classes
-        if cue is not None:
-            cue = _warp(torch.from_numpy(cue)[:, None], region, size, flip, out, "nearest-exact", 0)[:, 0]
-            item["cue_hidden"], item["cue_distance"] = cue > 0, cue  # (T, H, W) each
+        for key, x in maps.items():  # each under the labels' geometry: one draw of rng for the whole clip
+            item[key] = _warp(torch.from_numpy(x)[:, None], region, size, flip, out, "nearest-exact", PADS[key])[:, 0]
+        if "labels" in item:
+            item["labels"] = torch.from_numpy(self.lut[item["labels"].numpy()])  # (T, H, W) int64 classes
+        if "cue_distance" in item:
+            item["cue_hidden"] = item["cue_distance"] > 0
         return item
 
 
@@ -245,7 +246,7 @@ class FolderClips(ClipDataset):
             images[i] = np.asarray(image)
             if label_path is not None:
                 labels[i] = self._label(label_path, image.size)
-        return images, labels, None
+        return images, {} if labels is None else {"labels": labels}
 
     def _label(self, path, size):
         """The raw label map at path, checked: uint8 (H, W)."""
@@ -411,18 +412,8 @@ class Synthetic(ClipDataset):
 
     def _load(self, v, ts):
         ts = np.asarray(ts)
-        return self.images[v, ts], self.labels[v, ts], self.cue_distance[v, ts]
-
-    def _clip(self, v, ts, rng=None, short_side=0):
-        """The parent's item plus object_ids (T, H, W), warped under the same random geometry as the labels."""
-        replay = copy.deepcopy(rng)  # the parent draws its geometry from rng: a copy draws the same one again
-        item = super()._clip(v, ts, rng, short_side)
-        ids = torch.from_numpy(self.object_ids[v, np.asarray(ts)])[:, None]  # (T, 1, H, W)
-        if replay is not None:
-            region, size, flip = _random_geometry(*ids.shape[2:], self.crop, replay)
-            ids = _warp(ids, region, size, flip, self.crop or size, "nearest-exact", NO_OBJECT)
-        item["object_ids"] = ids[:, 0]
-        return item
+        maps = {"labels": self.labels, "cue_distance": self.cue_distance, "object_ids": self.object_ids}
+        return self.images[v, ts], {key: x[v, ts] for key, x in maps.items()}
 
 
 def mask_targets(labels, dtype=torch.float32):
