@@ -234,7 +234,7 @@ class FolderClips(ClipDataset):
         images = labels = None
         for i, t in enumerate(ts):
             image_path, label_path = self.files[v][t]
-            image = _open(image_path)
+            image = open_image(image_path)
             if image.mode != "RGB":
                 image = image.convert("RGB")
             if images is None:
@@ -250,7 +250,7 @@ class FolderClips(ClipDataset):
 
     def _label(self, path, size):
         """The raw label map at path, checked: uint8 (H, W)."""
-        label = _open(path)
+        label = open_image(path)
         if label.mode not in ("L", "P"):  # P: VSPW's palette PNGs, whose indices are the raw ids
             raise DataError(f"{path}: labels must be an 8-bit single-channel PNG, not mode {label.mode}")
         if label.size != size:
@@ -269,10 +269,10 @@ def _vspw(root, split, min_frames, **common):
     videos, files, skipped = [], [], 0
     for name in names:
         folder = os.path.join(root, "data", name)
-        frames = _listing(os.path.join(folder, "origin"), (".jpg", ".jpeg", ".png"))
+        frames = frame_files(os.path.join(folder, "origin"))
         masks = None
         if split != "test":  # the test split has no masks
-            masks = _listing(os.path.join(folder, "mask"), (".png",))
+            masks = frame_files(os.path.join(folder, "mask"), (".png",))
             _check_pairs(frames, masks, os.path.join(folder, "mask"))
         if len(frames) < min_frames:
             skipped += 1
@@ -358,11 +358,11 @@ def _clips(root, split, **common):
                         f"line, or use the split 'all': every video)")
     videos, files, unlabelled = [], [], []
     for name in names:
-        frames = _listing(os.path.join(root, name, "frames"), (".jpg", ".jpeg", ".png"))
+        frames = frame_files(os.path.join(root, name, "frames"))
         label_dir = os.path.join(root, name, "labels")
         labels = None
         if os.path.isdir(label_dir):
-            labels = _listing(label_dir, (".png",))
+            labels = frame_files(label_dir, (".png",))
             _check_pairs(frames, labels, label_dir)
         else:
             unlabelled.append(label_dir)
@@ -474,8 +474,8 @@ def _warp(frames, region, size, flip, out, mode, pad):
     return frames.contiguous()
 
 
-def _open(path):
-    """The decoded image at path (PIL); DataError if it cannot be read."""
+def open_image(path):
+    """The decoded image at path (PIL), in its own mode; DataError if it cannot be read."""
     try:
         image = Image.open(path)
         image.load()  # decode now: truncated and corrupt files fail here
@@ -484,8 +484,9 @@ def _open(path):
     return image
 
 
-def _listing(folder, extensions):
-    """{file stem: path} of the files in folder ending in one of extensions, in frame order."""
+def frame_files(folder, extensions=(".jpg", ".jpeg", ".png")):
+    """{file stem: path} of the files in folder ending in one of extensions, in frame order (frame2 before frame10);
+    DataError for a missing folder, none of those files, or two files of one stem."""
     if not os.path.isdir(folder):
         raise DataError(f"{folder}: no such folder")
     found = {}
