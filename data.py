@@ -44,11 +44,10 @@ from torch.utils.data import Dataset
 
 import synthetic
 from qshift import frames_to_pixel_values  # the normalisation of qshift.MEAN and STD (ImageNet)
-from synthetic import NO_OBJECT
 
 IGNORE_INDEX = 255
 SCALES = (0.5, 2.0)  # range of the random training scale
-PADS = {"labels": IGNORE_INDEX, "cue_distance": 0, "object_ids": NO_OBJECT}  # a clip's maps, each padded with "none"
+PADS = {"labels": IGNORE_INDEX, "cue_distance": 0, "object_ids": synthetic.NO_OBJECT}  # a clip's maps; pads: "none"
 
 CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
                       "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
@@ -391,7 +390,7 @@ class Synthetic(ClipDataset):
     """The synthetic world of synthetic.py as clips, generated in memory when the dataset is made; world: its knobs
     (synthetic.videos' keyword arguments). The whole world: images uint8 (V, T, H, W, 3), and labels, cue_distance and
     object_ids uint8 (V, T, H, W) each. Items also carry object_ids (T, H, W): which object 0..num_objects-1 each pixel
-    shows, NO_OBJECT for none, under the labels' geometry (to ask whether a model tracks objects,
+    shows, synthetic.NO_OBJECT for none, under the labels' geometry (to ask whether a model tracks objects,
     experiments/match_diagnostic.py)."""
 
     background_class = 0
@@ -404,11 +403,6 @@ class Synthetic(ClipDataset):
         V, T = self.labels.shape[:2]
         videos = [(f"{split}-{v:03d}", [f"{t:03d}" for t in range(T)]) for v in range(V)]
         super().__init__(videos, class_names, clip_len, train, crop, seed, where=f"synthetic {split}")
-
-    @property
-    def cue(self):
-        """cue_hidden of every video: bool (V, T, H, W)."""
-        return self.cue_distance > 0
 
     def _load(self, v, ts):
         ts = np.asarray(ts)
