@@ -38,15 +38,14 @@ import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
 import synthetic
+from augment import SCALES, random_geometry, warp
 from qshift import frames_to_pixel_values  # the normalisation of qshift.MEAN and STD (ImageNet)
 
 IGNORE_INDEX = 255
-SCALES = (0.5, 2.0)  # range of the random training scale
 PADS = {"labels": IGNORE_INDEX, "cue_distance": 0, "object_ids": synthetic.NO_OBJECT}  # a clip's maps; pads: "none"
 
 CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
@@ -65,7 +64,7 @@ class DataError(Exception):
 
 
 def build_dataset(name, root=None, split="train", clip_len=8, train=True, crop=None, min_frames=VSPW_MIN_FRAMES,
-                  seed=0, **synthetic):
+                  seed=0, **world):
     """The clip dataset `name` ("vspw", "cityscapes-vps", "clips" or "synthetic") for one split.
 
     clip_len: frames per clip T; None gives one item per whole video (evaluation). train: random clip offsets,
@@ -73,13 +72,13 @@ def build_dataset(name, root=None, split="train", clip_len=8, train=True, crop=N
     is capped at the largest frame at the largest scale (the dataset's `crop`): a canvas beyond it is padding only.
     min_frames: VSPW only, the shortest video kept (the data set's `skipped`: how many of the split's it left out).
     seed: the training randomness (and the synthetic world).
-    synthetic: keyword arguments of `Synthetic` (sizes of the generated world).
+    world: the synthetic world's knobs, keyword arguments of synthetic.videos (sizes of the generated world).
     """
     common = dict(clip_len=clip_len, train=train, crop=crop, seed=seed)
     if name == "synthetic":
-        return Synthetic(split=split, **common, **synthetic)
-    if synthetic:
-        raise TypeError(f"unexpected arguments for {name}: {sorted(synthetic)}")
+        return Synthetic(split=split, **common, **world)
+    if world:
+        raise TypeError(f"unexpected arguments for {name}: {sorted(world)}")
     if name not in ("vspw", "cityscapes-vps", "clips"):
         raise DataError(f"unknown dataset {name!r} (vspw, cityscapes-vps, clips or synthetic)")
     if root is None:
@@ -186,13 +185,13 @@ class ClipDataset(Dataset):
             region, size, flip, out = (0, 0, H, W), (H, W), False, (H, W)
             seen = seen_out = scaled_size(H, W, short_side)
         else:
-            region, size, flip = _random_geometry(H, W, self.crop, rng)
+            region, size, flip = random_geometry(H, W, self.crop, rng)
             out = self.crop or size
             seen, seen_out = size, out
-        pixels = _warp(torch.from_numpy(images).permute(0, 3, 1, 2), region, seen, flip, seen_out, "bilinear", 0)
+        pixels = warp(torch.from_numpy(images).permute(0, 3, 1, 2), region, seen, flip, seen_out, "bilinear", 0)
         item = {"pixel_values": frames_to_pixel_values(pixels.permute(0, 2, 3, 1))}  # (T, 3, H, W), as qshift's
         for key, x in maps.items():  # each under the labels' geometry: one draw of rng for the whole clip
-            item[key] = _warp(torch.from_numpy(x)[:, None], region, size, flip, out, "nearest-exact", PADS[key])[:, 0]
+            item[key] = warp(torch.from_numpy(x)[:, None], region, size, flip, out, "nearest-exact", PADS[key])[:, 0]
         if "labels" in item:
             item["labels"] = torch.from_numpy(self.lut[item["labels"].numpy()])  # (T, H, W) int64 classes
         if "cue_distance" in item:
@@ -441,31 +440,6 @@ def scaled_size(H, W, short_side):
     if not short_side or min(H, W) <= short_side:
         return H, W
     return (short_side, round(W * short_side / H)) if H <= W else (round(H * short_side / W), short_side)
-
-
-def _random_geometry(H, W, crop, rng):
-    """One random scale, crop and flip for a clip of H x W frames -> (region, size, flip): the frames' region
-    (y, x, h, w) is resized to size (at most crop, which is (h, w)), then mirrored if flip. crop=None: flip only."""
-    flip = bool(rng.random() < 0.5)
-    if crop is None:
-        return (0, 0, H, W), (H, W), flip
-    scale = rng.uniform(*SCALES)
-    h, w = min(crop[0], max(1, round(H * scale))), min(crop[1], max(1, round(W * scale)))
-    h0, w0 = min(H, max(1, round(h / scale))), min(W, max(1, round(w / scale)))  # the region in the frame
-    return (int(rng.integers(H - h0 + 1)), int(rng.integers(W - w0 + 1)), h0, w0), (h, w), flip
-
-
-def _warp(frames, region, size, flip, out, mode, pad):
-    """uint8 (T, C, H, W) -> (T, C, *out): region (y, x, h, w) resized to size, mirrored if flip, padded with pad."""
-    y, x, h, w = region
-    frames = frames[:, :, y:y + h, x:x + w]
-    if (h, w) != tuple(size):  # torch's uint8 kernels: much faster than PIL or float per frame
-        frames = F.interpolate(frames, size=size, mode=mode, antialias=mode == "bilinear")
-    if flip:
-        frames = frames.flip(-1)
-    if tuple(out) != tuple(size):
-        frames = F.pad(frames, (0, out[1] - size[1], 0, out[0] - size[0]), value=pad)
-    return frames.contiguous()
 
 
 def open_image(path):
