@@ -29,6 +29,9 @@ Your own clips (`clips`):
   has labels, or none has.
 
 Synthetic (`synthetic`): generated in memory from the seed, no files; see synthetic.py and `Synthetic`.
+
+Bad input (a missing folder, an unreadable or mismatched file) raises DataError (reading.py): one line naming the
+path and what is wrong.
 """
 import json
 import math
@@ -38,12 +41,13 @@ import sys
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 import synthetic
 from augment import SCALES, random_geometry, warp
 from qshift import frames_to_pixel_values  # the normalisation of qshift.MEAN and STD (ImageNet)
+from reading import (DataError, check_pairs, frame_files, image_size, matching_files, natural_key, open_image,
+                     read_lines)
 
 IGNORE_INDEX = 255
 PADS = {"labels": IGNORE_INDEX, "cue_distance": 0, "object_ids": synthetic.NO_OBJECT}  # a clip's maps; pads: "none"
@@ -57,10 +61,6 @@ CITYSCAPES_PALETTE = [(128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 1
 # the official colours of the train ids (cityscapesScripts' labels.py)
 VSPW_NUM_CLASSES = 124
 VSPW_MIN_FRAMES = 32  # the paper keeps the VSPW videos of at least 32 frames, for training and validation
-
-
-class DataError(Exception):
-    """Bad input data; the message is one line naming the path and what is wrong."""
 
 
 def build_dataset(name, root=None, split="train", clip_len=8, train=True, crop=None, min_frames=VSPW_MIN_FRAMES,
@@ -221,12 +221,7 @@ class FolderClips(ClipDataset):
 
     def frame_size(self, v):
         """(H, W) of video v's first frame, from the file's header (decoding every video's first frame takes long)."""
-        path = self.files[v][0][0]
-        try:
-            with Image.open(path) as image:
-                return image.size[::-1]
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(f"{path}: unreadable image ({e})") from None
+        return image_size(self.files[v][0][0])
 
     def _load(self, v, ts):
         images = labels = None
@@ -263,7 +258,7 @@ class FolderClips(ClipDataset):
 def _vspw(root, split, min_frames, **common):
     """VSPW: raw mask ids 1..124 are classes 0..123, raw 0 ("others") and 255 are ignored."""
     split_file = os.path.join(root, f"{split}.txt")
-    names = _lines(split_file)
+    names = read_lines(split_file)
     videos, files, skipped = [], [], 0
     for name in names:
         folder = os.path.join(root, "data", name)
@@ -271,7 +266,7 @@ def _vspw(root, split, min_frames, **common):
         masks = None
         if split != "test":  # the test split has no masks
             masks = frame_files(os.path.join(folder, "mask"), (".png",))
-            _check_pairs(frames, masks, os.path.join(folder, "mask"))
+            check_pairs(frames, masks, os.path.join(folder, "mask"))
         if len(frames) < min_frames:
             skipped += 1
             continue
@@ -313,11 +308,11 @@ _CITY_LABEL = re.compile(r"(\d{4})_(\d{4})_.*\.png")
 def _cityscapes_vps(root, split, **common):
     """Cityscapes-VPS: frames grouped by the video id VVVV, ordered by FFFF; train/val keep the annotated ones."""
     image_dir = os.path.join(root, split, "img")
-    images = _by_prefix(image_dir, _CITY_IMAGE, "VVVV_FFFF_<city>_<seq>_<frame>_newImg8bit.png")
+    images = matching_files(image_dir, _CITY_IMAGE, "VVVV_FFFF_<city>_<seq>_<frame>_newImg8bit.png")
     labels = None
     if split != "test":
         label_dir = os.path.join(root, split, "labelmap")
-        labels = _by_prefix(label_dir, _CITY_LABEL, "VVVV_FFFF_*.png")
+        labels = matching_files(label_dir, _CITY_LABEL, "VVVV_FFFF_*.png")
         for key, path in labels.items():
             if key not in images:
                 raise DataError(f"{path}: no image {key[0]}_{key[1]}_*.png in {image_dir}")
@@ -342,14 +337,14 @@ def _clips(root, split, **common):
         raise DataError(f"{root} looks like one video's folder (it holds frames/); --root takes the folder that holds "
                         f"the video folders, here {parent}")
     folders = sorted((d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d))),
-                     key=_natural_key)
+                     key=natural_key)
     split_file, val_file = os.path.join(root, f"{split}.txt"), os.path.join(root, "val.txt")
     if os.path.exists(split_file):
-        names = _lines(split_file)
+        names = read_lines(split_file)
     elif split == "all":
         names = folders
     elif split == "train":  # every video not kept for validation
-        val = set(_lines(val_file)) if os.path.exists(val_file) else set()
+        val = set(read_lines(val_file)) if os.path.exists(val_file) else set()
         names = [name for name in folders if name not in val]
     else:
         raise DataError(f"{split_file}: no such file (list the videos of split {split!r} in it, one folder name a "
@@ -361,7 +356,7 @@ def _clips(root, split, **common):
         labels = None
         if os.path.isdir(label_dir):
             labels = frame_files(label_dir, (".png",))
-            _check_pairs(frames, labels, label_dir)
+            check_pairs(frames, labels, label_dir)
         else:
             unlabelled.append(label_dir)
         videos.append((name, list(frames)))
@@ -371,7 +366,7 @@ def _clips(root, split, **common):
     classes_file = os.path.join(root, "classes.txt")
     if not unlabelled and not os.path.exists(classes_file):
         raise DataError(f"{classes_file}: missing; with labels, it names the classes, one a line (class 0 first)")
-    lines = _lines(classes_file) if os.path.exists(classes_file) else []
+    lines = read_lines(classes_file) if os.path.exists(classes_file) else []
     if len(lines) >= IGNORE_INDEX:
         raise DataError(f"{classes_file}: {len(lines)} classes, at most {IGNORE_INDEX - 1} fit 8-bit labels")
     coloured = [re.fullmatch(r"(.+?)\s+#([0-9a-fA-F]{6})", line) for line in lines]  # "name #rrggbb"
@@ -440,74 +435,3 @@ def scaled_size(H, W, short_side):
     if not short_side or min(H, W) <= short_side:
         return H, W
     return (short_side, round(W * short_side / H)) if H <= W else (round(H * short_side / W), short_side)
-
-
-def open_image(path):
-    """The decoded image at path (PIL), in its own mode; DataError if it cannot be read."""
-    try:
-        image = Image.open(path)
-        image.load()  # decode now: truncated and corrupt files fail here
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: unreadable image ({e})") from None
-    return image
-
-
-def frame_files(folder, extensions=(".jpg", ".jpeg", ".png")):
-    """{file stem: path} of the files in folder ending in one of extensions, in frame order (frame2 before frame10);
-    DataError for a missing folder, none of those files, or two files of one stem."""
-    if not os.path.isdir(folder):
-        raise DataError(f"{folder}: no such folder")
-    found = {}
-    for name in os.listdir(folder):
-        stem, extension = os.path.splitext(name)
-        if extension.lower() in extensions:
-            if stem in found:
-                raise DataError(f"{folder}: two files for frame {stem!r}")
-            found[stem] = os.path.join(folder, name)
-    if not found:
-        raise DataError(f"{folder}: no {'/'.join(extensions)} files")
-    return {stem: found[stem] for stem in sorted(found, key=_natural_key)}
-
-
-def _check_pairs(frames, labels, label_dir):
-    """DataError unless the label files have exactly the frames' stems."""
-    if frames.keys() != labels.keys():
-        odd = sorted(frames.keys() ^ labels.keys(), key=_natural_key)
-        raise DataError(f"{label_dir}: {len(labels)} label files for {len(frames)} frames ({odd[0]!r} is not in both)")
-
-
-def _by_prefix(folder, pattern, expected):
-    """{(VVVV, FFFF): path} of the files in folder; every name must match pattern."""
-    if not os.path.isdir(folder):
-        raise DataError(f"{folder}: no such folder")
-    found = {}
-    for name in os.listdir(folder):
-        if name.startswith("."):
-            continue
-        match = pattern.fullmatch(name)
-        if match is None:
-            raise DataError(f"{os.path.join(folder, name)}: name is not {expected}")
-        if match.groups() in found:
-            raise DataError(f"{os.path.join(folder, name)}: a second file for {'_'.join(match.groups())}")
-        found[match.groups()] = os.path.join(folder, name)
-    if not found:
-        raise DataError(f"{folder}: no {expected} files")
-    return found
-
-
-def _lines(path):
-    """The non-empty lines of a text file, stripped."""
-    try:
-        with open(path) as f:
-            lines = [line.strip() for line in f]
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
-    lines = [line for line in lines if line]
-    if not lines:
-        raise DataError(f"{path}: empty")
-    return lines
-
-
-def _natural_key(name):
-    """Sort key putting frame2 before frame10."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
