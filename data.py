@@ -28,9 +28,11 @@ Your own clips (`clips`):
   The split "all" is every video; "train" without a train.txt every video that val.txt does not list. Every video
   has labels, or none has.
 
-Synthetic (`synthetic`): generated in memory from the seed, no files; see `Synthetic`.
+Synthetic (`synthetic`): generated in memory from the seed, no files; see synthetic.py and `Synthetic`.
+
+Bad input (a missing folder, an unreadable or mismatched file) raises DataError (reading.py): one line naming the
+path and what is wrong.
 """
-import copy
 import json
 import math
 import os
@@ -39,15 +41,16 @@ import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset
 
+import synthetic
+from augment import SCALES, random_geometry, warp
 from qshift import frames_to_pixel_values  # the normalisation of qshift.MEAN and STD (ImageNet)
+from reading import (DataError, check_pairs, frame_files, image_size, matching_files, natural_key, open_image,
+                     read_lines)
 
 IGNORE_INDEX = 255
-NO_OBJECT = 255  # synthetic object_ids of pixels that show no object (background, padding)
-SCALES = (0.5, 2.0)  # range of the random training scale
+PADS = {"labels": IGNORE_INDEX, "cue_distance": 0, "object_ids": synthetic.NO_OBJECT}  # a clip's maps; pads: "none"
 
 CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
                       "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
@@ -60,12 +63,8 @@ VSPW_NUM_CLASSES = 124
 VSPW_MIN_FRAMES = 32  # the paper keeps the VSPW videos of at least 32 frames, for training and validation
 
 
-class DataError(Exception):
-    """Bad input data; the message is one line naming the path and what is wrong."""
-
-
 def build_dataset(name, root=None, split="train", clip_len=8, train=True, crop=None, min_frames=VSPW_MIN_FRAMES,
-                  seed=0, **synthetic):
+                  seed=0, **world):
     """The clip dataset `name` ("vspw", "cityscapes-vps", "clips" or "synthetic") for one split.
 
     clip_len: frames per clip T; None gives one item per whole video (evaluation). train: random clip offsets,
@@ -73,13 +72,13 @@ def build_dataset(name, root=None, split="train", clip_len=8, train=True, crop=N
     is capped at the largest frame at the largest scale (the dataset's `crop`): a canvas beyond it is padding only.
     min_frames: VSPW only, the shortest video kept (the data set's `skipped`: how many of the split's it left out).
     seed: the training randomness (and the synthetic world).
-    synthetic: keyword arguments of `Synthetic` (sizes of the generated world).
+    world: the synthetic world's knobs, keyword arguments of synthetic.videos (sizes of the generated world).
     """
     common = dict(clip_len=clip_len, train=train, crop=crop, seed=seed)
     if name == "synthetic":
-        return Synthetic(split=split, **common, **synthetic)
-    if synthetic:
-        raise TypeError(f"unexpected arguments for {name}: {sorted(synthetic)}")
+        return Synthetic(split=split, **common, **world)
+    if world:
+        raise TypeError(f"unexpected arguments for {name}: {sorted(world)}")
     if name not in ("vspw", "cityscapes-vps", "clips"):
         raise DataError(f"unknown dataset {name!r} (vspw, cityscapes-vps, clips or synthetic)")
     if root is None:
@@ -97,8 +96,8 @@ class ClipDataset(Dataset):
     """Clips of T consecutive frames of `videos`; subclasses read the frames in `_load(v, frame indices)`.
 
     An item: pixel_values float32 (T, 3, H, W) normalised, labels int64 (T, H, W) (0..num_classes-1, IGNORE_INDEX;
-    absent without labels), cue_hidden bool (T, H, W) and cue_distance uint8 (T, H, W) (synthetic only: see
-    Synthetic), video (str), frames (T frame names).
+    absent without labels), cue_hidden bool, cue_distance uint8 and object_ids uint8 (T, H, W) (synthetic only: see
+    synthetic.py), video (str), frames (T frame names).
     Training covers every video each epoch with n // T clips starting at a random offset drawn in set_epoch, so
     len() never changes; all randomness comes from (seed, epoch, video or item index), never from global state.
     Evaluation: consecutive clips that show every frame once (the last of a video may be shorter), or whole videos.
@@ -172,30 +171,31 @@ class ClipDataset(Dataset):
         return self._load(v, [0])[0].shape[1:3]
 
     def _load(self, v, ts):
-        """Frames ts (a list of indices) of video v, read: images uint8 (T, H, W, 3), raw labels uint8 (T, H, W) or
-        None, cue distances uint8 (T, H, W) or None. Each data set reads its own; DataError for a bad file."""
+        """Frames ts (a list of indices) of video v, read: images uint8 (T, H, W, 3), and maps {name: uint8 (T, H, W)}
+        of the frames' pixels, keyed as PADS ("labels": raw labels, where there are labels). Each data set reads its
+        own; DataError for a bad file."""
         raise NotImplementedError
 
     def _clip(self, v, ts, rng=None, short_side=0):
         """Frames ts of video v as tensors, all under one random geometry when rng is given; else whole, with the
         pixel_values alone scaled down to short_side (see frame)."""
-        images, labels, cue = self._load(v, ts)  # (T, H, W, 3) uint8, raw (T, H, W) uint8 or None, uint8 or None
+        images, maps = self._load(v, ts)  # (T, H, W, 3) uint8, {name: (T, H, W) uint8}
         H, W = images.shape[1:3]
         if rng is None:
             region, size, flip, out = (0, 0, H, W), (H, W), False, (H, W)
             seen = seen_out = scaled_size(H, W, short_side)
         else:
-            region, size, flip = _random_geometry(H, W, self.crop, rng)
+            region, size, flip = random_geometry(H, W, self.crop, rng)
             out = self.crop or size
             seen, seen_out = size, out
-        pixels = _warp(torch.from_numpy(images).permute(0, 3, 1, 2), region, seen, flip, seen_out, "bilinear", 0)
+        pixels = warp(torch.from_numpy(images).permute(0, 3, 1, 2), region, seen, flip, seen_out, "bilinear", 0)
         item = {"pixel_values": frames_to_pixel_values(pixels.permute(0, 2, 3, 1))}  # (T, 3, H, W), as qshift's
-        if labels is not None:
-            labels = _warp(torch.from_numpy(labels)[:, None], region, size, flip, out, "nearest-exact", IGNORE_INDEX)
-            item["labels"] = torch.from_numpy(self.lut[labels[:, 0].numpy()])  # (T, H, W) int64 classes
-        if cue is not None:
-            cue = _warp(torch.from_numpy(cue)[:, None], region, size, flip, out, "nearest-exact", 0)[:, 0]
-            item["cue_hidden"], item["cue_distance"] = cue > 0, cue  # (T, H, W) each
+        for key, x in maps.items():  # each under the labels' geometry: one draw of rng for the whole clip
+            item[key] = warp(torch.from_numpy(x)[:, None], region, size, flip, out, "nearest-exact", PADS[key])[:, 0]
+        if "labels" in item:
+            item["labels"] = torch.from_numpy(self.lut[item["labels"].numpy()])  # (T, H, W) int64 classes
+        if "cue_distance" in item:
+            item["cue_hidden"] = item["cue_distance"] > 0
         return item
 
 
@@ -221,18 +221,13 @@ class FolderClips(ClipDataset):
 
     def frame_size(self, v):
         """(H, W) of video v's first frame, from the file's header (decoding every video's first frame takes long)."""
-        path = self.files[v][0][0]
-        try:
-            with Image.open(path) as image:
-                return image.size[::-1]
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(f"{path}: unreadable image ({e})") from None
+        return image_size(self.files[v][0][0])
 
     def _load(self, v, ts):
         images = labels = None
         for i, t in enumerate(ts):
             image_path, label_path = self.files[v][t]
-            image = _open(image_path)
+            image = open_image(image_path)
             if image.mode != "RGB":
                 image = image.convert("RGB")
             if images is None:
@@ -244,11 +239,11 @@ class FolderClips(ClipDataset):
             images[i] = np.asarray(image)
             if label_path is not None:
                 labels[i] = self._label(label_path, image.size)
-        return images, labels, None
+        return images, {} if labels is None else {"labels": labels}
 
     def _label(self, path, size):
         """The raw label map at path, checked: uint8 (H, W)."""
-        label = _open(path)
+        label = open_image(path)
         if label.mode not in ("L", "P"):  # P: VSPW's palette PNGs, whose indices are the raw ids
             raise DataError(f"{path}: labels must be an 8-bit single-channel PNG, not mode {label.mode}")
         if label.size != size:
@@ -263,15 +258,15 @@ class FolderClips(ClipDataset):
 def _vspw(root, split, min_frames, **common):
     """VSPW: raw mask ids 1..124 are classes 0..123, raw 0 ("others") and 255 are ignored."""
     split_file = os.path.join(root, f"{split}.txt")
-    names = _lines(split_file)
+    names = read_lines(split_file)
     videos, files, skipped = [], [], 0
     for name in names:
         folder = os.path.join(root, "data", name)
-        frames = _listing(os.path.join(folder, "origin"), (".jpg", ".jpeg", ".png"))
+        frames = frame_files(os.path.join(folder, "origin"))
         masks = None
         if split != "test":  # the test split has no masks
-            masks = _listing(os.path.join(folder, "mask"), (".png",))
-            _check_pairs(frames, masks, os.path.join(folder, "mask"))
+            masks = frame_files(os.path.join(folder, "mask"), (".png",))
+            check_pairs(frames, masks, os.path.join(folder, "mask"))
         if len(frames) < min_frames:
             skipped += 1
             continue
@@ -313,11 +308,11 @@ _CITY_LABEL = re.compile(r"(\d{4})_(\d{4})_.*\.png")
 def _cityscapes_vps(root, split, **common):
     """Cityscapes-VPS: frames grouped by the video id VVVV, ordered by FFFF; train/val keep the annotated ones."""
     image_dir = os.path.join(root, split, "img")
-    images = _by_prefix(image_dir, _CITY_IMAGE, "VVVV_FFFF_<city>_<seq>_<frame>_newImg8bit.png")
+    images = matching_files(image_dir, _CITY_IMAGE, "VVVV_FFFF_<city>_<seq>_<frame>_newImg8bit.png")
     labels = None
     if split != "test":
         label_dir = os.path.join(root, split, "labelmap")
-        labels = _by_prefix(label_dir, _CITY_LABEL, "VVVV_FFFF_*.png")
+        labels = matching_files(label_dir, _CITY_LABEL, "VVVV_FFFF_*.png")
         for key, path in labels.items():
             if key not in images:
                 raise DataError(f"{path}: no image {key[0]}_{key[1]}_*.png in {image_dir}")
@@ -342,26 +337,26 @@ def _clips(root, split, **common):
         raise DataError(f"{root} looks like one video's folder (it holds frames/); --root takes the folder that holds "
                         f"the video folders, here {parent}")
     folders = sorted((d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d))),
-                     key=_natural_key)
+                     key=natural_key)
     split_file, val_file = os.path.join(root, f"{split}.txt"), os.path.join(root, "val.txt")
     if os.path.exists(split_file):
-        names = _lines(split_file)
+        names = read_lines(split_file)
     elif split == "all":
         names = folders
     elif split == "train":  # every video not kept for validation
-        val = set(_lines(val_file)) if os.path.exists(val_file) else set()
+        val = set(read_lines(val_file)) if os.path.exists(val_file) else set()
         names = [name for name in folders if name not in val]
     else:
         raise DataError(f"{split_file}: no such file (list the videos of split {split!r} in it, one folder name a "
                         f"line, or use the split 'all': every video)")
     videos, files, unlabelled = [], [], []
     for name in names:
-        frames = _listing(os.path.join(root, name, "frames"), (".jpg", ".jpeg", ".png"))
+        frames = frame_files(os.path.join(root, name, "frames"))
         label_dir = os.path.join(root, name, "labels")
         labels = None
         if os.path.isdir(label_dir):
-            labels = _listing(label_dir, (".png",))
-            _check_pairs(frames, labels, label_dir)
+            labels = frame_files(label_dir, (".png",))
+            check_pairs(frames, labels, label_dir)
         else:
             unlabelled.append(label_dir)
         videos.append((name, list(frames)))
@@ -371,7 +366,7 @@ def _clips(root, split, **common):
     classes_file = os.path.join(root, "classes.txt")
     if not unlabelled and not os.path.exists(classes_file):
         raise DataError(f"{classes_file}: missing; with labels, it names the classes, one a line (class 0 first)")
-    lines = _lines(classes_file) if os.path.exists(classes_file) else []
+    lines = read_lines(classes_file) if os.path.exists(classes_file) else []
     if len(lines) >= IGNORE_INDEX:
         raise DataError(f"{classes_file}: {len(lines)} classes, at most {IGNORE_INDEX - 1} fit 8-bit labels")
     coloured = [re.fullmatch(r"(.+?)\s+#([0-9a-fA-F]{6})", line) for line in lines]  # "name #rrggbb"
@@ -386,148 +381,27 @@ def _clips(root, split, **common):
 
 
 class Synthetic(ClipDataset):
-    """A world where time matters: blobs whose class is shown only by colour, and hidden (grey) in some frames.
+    """The synthetic world of synthetic.py as clips, generated in memory when the dataset is made; world: its knobs
+    (synthetic.videos' keyword arguments). The whole world: images uint8 (V, T, H, W, 3), and labels, cue_distance and
+    object_ids uint8 (V, T, H, W) each. Items also carry object_ids (T, H, W): which object 0..num_objects-1 each pixel
+    shows, synthetic.NO_OBJECT for none, under the labels' geometry (to ask whether a model tracks objects,
+    experiments/match_diagnostic.py)."""
 
-    Each video has `num_objects` star-shaped blobs of random outline, size (`object_size`: range of the bounding
-    diameter in pixels) and spin, moving smoothly and bouncing off the borders over a mildly textured, noisy
-    background (class `background_class` = 0). An object's class (1..num_object_classes) sets its colour and nothing
-    else. In about `hidden_fraction` of the frames, drawn per object in runs of exactly `hide_run` frames with at
-    least one visible frame between runs, the object is drawn grey: its shape stays visible, its class can only come
-    from other frames. cue_hidden marks those pixels, and cue_distance says how far the class is: the frames to the
-    nearest frame where the pixel's object is drawn in colour (0 where it is, and on the background; 1 at the ends of
-    a run, 2 in the middle of a run of 3). `speed` scales the blobs' speeds (0.5 to 1.5 pixels a frame at 1).
-    Items also carry object_ids uint8 (T, H, W): which object 0..num_objects-1 each pixel shows, NO_OBJECT for
-    none, under the labels' geometry (to ask whether a model tracks objects, experiments/match_diagnostic.py).
-    The world follows from (seed, split), video by video, and is built in memory when the dataset is made; the
-    defaults (hide_run=1, speed=1) give the world of earlier versions, byte for byte.
-    """
+    background_class = 0
 
-    COLOURS = {"red": (0.9, 0.15, 0.15), "green": (0.15, 0.8, 0.2), "blue": (0.15, 0.3, 0.95),
-               "yellow": (0.9, 0.85, 0.1), "magenta": (0.85, 0.2, 0.85), "cyan": (0.1, 0.85, 0.85)}
-    SPLITS = ("train", "val", "test")
-
-    def __init__(self, split="train", num_videos=None, num_frames=24, size=(64, 96), num_object_classes=3,
-                 num_objects=3, object_size=(16, 32), hidden_fraction=1 / 3, hide_run=1, speed=1.0, clip_len=8,
-                 train=True, crop=None, seed=0):
-        if split not in self.SPLITS:
+    def __init__(self, split="train", clip_len=8, train=True, crop=None, seed=0, **world):
+        if split not in synthetic.SPLITS:
             raise DataError(f"synthetic: unknown split {split!r} (train, val or test)")
-        if not 1 <= num_object_classes <= len(self.COLOURS):
-            raise ValueError(f"num_object_classes must be 1..{len(self.COLOURS)}")
-        if object_size[1] >= min(size):
-            raise ValueError(f"object_size {object_size}: objects must fit the {size[0]}x{size[1]} frame")
-        if not (isinstance(hide_run, int) and hide_run >= 1) or not speed > 0:
-            raise ValueError(f"hide_run {hide_run}, speed {speed}: hide_run must be a whole number of at least 1 "
-                             f"and speed above 0")
-        runs = hidden_runs(num_frames, hidden_fraction, hide_run)
-        if runs * hide_run + runs - 1 > num_frames:
-            raise ValueError(f"hide_run {hide_run}: {runs} x {hide_run} hidden frames, with a visible frame between "
-                             f"runs, do not fit {num_frames} frames (hidden_fraction {hidden_fraction:.3g})")
-        num_videos = num_videos or (64 if split == "train" else 32)
-        names = list(self.COLOURS)[:num_object_classes]
-        palette = np.array([self.COLOURS[n] for n in names])
-        world = [_synthetic_video(np.random.default_rng([seed, self.SPLITS.index(split), v, 2]), num_frames, *size,
-                                  palette, num_objects, object_size, runs, hide_run, speed)
-                 for v in range(num_videos)]
-        # (V, T, H, W, 3), then (V, T, H, W) each
-        self.images, self.labels, self.cue_distance, self.object_ids = (np.stack(x) for x in zip(*world))
-        self.background_class = 0
-        colours = [(0.25, 0.25, 0.25)] + [self.COLOURS[n] for n in names]  # pictures: background dark grey
-        self.palette = np.round(255 * np.array(colours)).astype(np.uint8)
-        videos = [(f"{split}-{v:03d}", [f"{t:03d}" for t in range(num_frames)]) for v in range(num_videos)]
-        super().__init__(videos, ["background", *names], clip_len, train, crop, seed, where=f"synthetic {split}")
-
-    @property
-    def cue(self):
-        """cue_hidden of every video: bool (V, T, H, W)."""
-        return self.cue_distance > 0
+        class_names, self.palette, *arrays = synthetic.videos(split, seed, **world)
+        self.images, self.labels, self.cue_distance, self.object_ids = arrays
+        V, T = self.labels.shape[:2]
+        videos = [(f"{split}-{v:03d}", [f"{t:03d}" for t in range(T)]) for v in range(V)]
+        super().__init__(videos, class_names, clip_len, train, crop, seed, where=f"synthetic {split}")
 
     def _load(self, v, ts):
         ts = np.asarray(ts)
-        return self.images[v, ts], self.labels[v, ts], self.cue_distance[v, ts]
-
-    def _clip(self, v, ts, rng=None, short_side=0):
-        """The parent's item plus object_ids (T, H, W), warped under the same random geometry as the labels."""
-        replay = copy.deepcopy(rng)  # the parent draws its geometry from rng: a copy draws the same one again
-        item = super()._clip(v, ts, rng, short_side)
-        ids = torch.from_numpy(self.object_ids[v, np.asarray(ts)])[:, None]  # (T, 1, H, W)
-        if replay is not None:
-            region, size, flip = _random_geometry(*ids.shape[2:], self.crop, replay)
-            ids = _warp(ids, region, size, flip, self.crop or size, "nearest-exact", NO_OBJECT)
-        item["object_ids"] = ids[:, 0]
-        return item
-
-
-def hidden_runs(T, hidden_fraction, hide_run):
-    """How many runs of hide_run hidden frames each object has in a video of T frames: about hidden_fraction of T
-    hidden frames in all, and at least one run when any frame is to be hidden."""
-    k = round(hidden_fraction * T)
-    return max(1, round(k / hide_run)) if k else 0
-
-
-def _synthetic_video(rng, T, H, W, palette, num_objects, object_size, runs, hide_run, speed_factor):
-    """One synthetic video: images uint8 (T, H, W, 3), labels uint8 (T, H, W), cue distances uint8 (T, H, W) (see
-    Synthetic) and object_ids uint8 (T, H, W) (NO_OBJECT: background)."""
-    O = num_objects
-    t = np.arange(T)[:, None]  # (T, 1)
-    classes = rng.integers(1, len(palette) + 1, O)
-    radius = rng.uniform(*object_size, O) / 2
-    harmonics = (2, 3, 5)  # outline r(angle) = 1 + sum_k a_k cos(k angle + phase_k), shrunk to radius
-    amplitude = rng.uniform(0, [0.2, 0.1, 0.05], (O, 3)).astype(np.float32)
-    phase = rng.uniform(0, 2 * np.pi, (O, 3)).astype(np.float32)
-    spin = rng.uniform(0, 2 * np.pi, O) + rng.uniform(-0.08, 0.08, O) * t  # (T, O)
-    speed, heading = rng.uniform(0.5, 1.5, O) * speed_factor, rng.uniform(0, 2 * np.pi, O)
-    cy = _bounce(rng.uniform(radius, H - radius) + speed * np.sin(heading) * t, radius, H - radius)  # (T, O)
-    cx = _bounce(rng.uniform(radius, W - radius) + speed * np.cos(heading) * t, radius, W - radius)
-
-    # each object drawn in an S x S window around its centre, then pasted into a canvas padded by S
-    S = int(np.ceil(object_size[1])) + 2
-    y0, x0 = np.floor(cy).astype(int) - S // 2, np.floor(cx).astype(int) - S // 2  # (T, O) window corners
-    dy = (y0[..., None] + np.arange(S) + 0.5 - cy[..., None])[..., None].astype(np.float32)  # (T, O, S, 1)
-    dx = (x0[..., None] + np.arange(S) + 0.5 - cx[..., None])[..., None, :].astype(np.float32)  # (T, O, 1, S)
-    angle = np.arctan2(dy, dx) - spin[..., None, None].astype(np.float32)  # (T, O, S, S)
-    outline = 1 + sum(amplitude[:, i, None, None] * np.cos(k * angle + phase[:, i, None, None])
-                      for i, k in enumerate(harmonics))
-    inside = np.sqrt(dy**2 + dx**2) * (1 + amplitude.sum(1))[:, None, None] <= radius[:, None, None] * outline
-    owner = np.full((T, H + 2 * S, W + 2 * S), O, np.uint8)  # which object each pixel shows, O: background
-    rows = (y0 + S)[..., None, None] + np.arange(S)[:, None]  # (T, O, S, 1)
-    cols = (x0 + S)[..., None, None] + np.arange(S)  # (T, O, 1, S)
-    for o in range(O):  # later objects in front
-        window = (t[..., None], rows[:, o], cols[:, o])
-        owner[window] = np.where(inside[:, o], o, owner[window])
-    owner = owner[:, S:S + H, S:S + W]
-
-    R, m = hide_run, runs
-    hidden = np.zeros((T, O + 1), bool)  # last column: background, never hidden
-    for o in range(O):  # m runs of R frames, a visible frame after each: m starts from T - mR + 1 slots, spread apart
-        starts = np.sort(rng.choice(T - m * R + 1, m, replace=False)) + R * np.arange(m)
-        hidden[(starts[:, None] + np.arange(R)).ravel(), o] = True
-    frames_apart = np.abs(t - t.T)[..., None]  # (T, T, 1): |t - t'|
-    distance = np.where(~hidden[None], frames_apart, T).min(1)  # (T, O + 1): to the nearest frame in colour
-    colour = palette[classes - 1] + rng.uniform(-0.06, 0.06, (O, 3))
-    grey = rng.uniform(0.45, 0.65, (O, 1)).repeat(3, 1)  # drawn independently of the class
-    table = np.concatenate([np.where(hidden[:, :O, None], grey, colour), np.zeros((T, 1, 3))], 1)  # (T, O + 1, 3)
-    table = table.astype(np.float32)
-
-    y, x = np.mgrid[0:H, 0:W].astype(np.float32)
-    background = (rng.uniform(0.2, 0.4) + rng.uniform(-0.05, 0.05, 3)).astype(np.float32)  # a dim, tinted grey
-    for _ in range(2):  # plus two faint gratings
-        freq, direction = rng.uniform(1 / 20, 1 / 6), rng.uniform(0, np.pi)
-        wave = np.sin(2 * np.pi * freq * (y * np.sin(direction) + x * np.cos(direction)) + rng.uniform(0, 2 * np.pi))
-        background = background + 0.05 * wave[..., None]  # (H, W, 3)
-    image = np.take(table.reshape(-1, 3), t[..., None] * (O + 1) + owner, axis=0)  # (T, H, W, 3): table[t, owner]
-    np.copyto(image, background, where=(owner == O)[..., None])
-    image += rng.random((T, H, W, 1), dtype=np.float32) * 0.1 - 0.05  # pixel noise
-    image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
-    labels = np.append(classes, 0)[owner].astype(np.uint8)
-    cue_distance = distance[t[..., None], owner].astype(np.uint8)
-    return image, labels, cue_distance, np.where(owner == O, NO_OBJECT, owner).astype(np.uint8)
-
-
-def _bounce(p, lo, hi):
-    """Positions p along a straight line, reflected at lo and hi: a ball bouncing between two walls."""
-    span = hi - lo
-    q = np.mod(p - lo, 2 * span)
-    return lo + np.where(q > span, 2 * span - q, q)
+        maps = {"labels": self.labels, "cue_distance": self.cue_distance, "object_ids": self.object_ids}
+        return self.images[v, ts], {key: x[v, ts] for key, x in maps.items()}
 
 
 def mask_targets(labels, dtype=torch.float32):
@@ -561,98 +435,3 @@ def scaled_size(H, W, short_side):
     if not short_side or min(H, W) <= short_side:
         return H, W
     return (short_side, round(W * short_side / H)) if H <= W else (round(H * short_side / W), short_side)
-
-
-def _random_geometry(H, W, crop, rng):
-    """One random scale, crop and flip for a clip of H x W frames -> (region, size, flip): the frames' region
-    (y, x, h, w) is resized to size (at most crop, which is (h, w)), then mirrored if flip. crop=None: flip only."""
-    flip = bool(rng.random() < 0.5)
-    if crop is None:
-        return (0, 0, H, W), (H, W), flip
-    scale = rng.uniform(*SCALES)
-    h, w = min(crop[0], max(1, round(H * scale))), min(crop[1], max(1, round(W * scale)))
-    h0, w0 = min(H, max(1, round(h / scale))), min(W, max(1, round(w / scale)))  # the region in the frame
-    return (int(rng.integers(H - h0 + 1)), int(rng.integers(W - w0 + 1)), h0, w0), (h, w), flip
-
-
-def _warp(frames, region, size, flip, out, mode, pad):
-    """uint8 (T, C, H, W) -> (T, C, *out): region (y, x, h, w) resized to size, mirrored if flip, padded with pad."""
-    y, x, h, w = region
-    frames = frames[:, :, y:y + h, x:x + w]
-    if (h, w) != tuple(size):  # torch's uint8 kernels: much faster than PIL or float per frame
-        frames = F.interpolate(frames, size=size, mode=mode, antialias=mode == "bilinear")
-    if flip:
-        frames = frames.flip(-1)
-    if tuple(out) != tuple(size):
-        frames = F.pad(frames, (0, out[1] - size[1], 0, out[0] - size[0]), value=pad)
-    return frames.contiguous()
-
-
-def _open(path):
-    """The decoded image at path (PIL); DataError if it cannot be read."""
-    try:
-        image = Image.open(path)
-        image.load()  # decode now: truncated and corrupt files fail here
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: unreadable image ({e})") from None
-    return image
-
-
-def _listing(folder, extensions):
-    """{file stem: path} of the files in folder ending in one of extensions, in frame order."""
-    if not os.path.isdir(folder):
-        raise DataError(f"{folder}: no such folder")
-    found = {}
-    for name in os.listdir(folder):
-        stem, extension = os.path.splitext(name)
-        if extension.lower() in extensions:
-            if stem in found:
-                raise DataError(f"{folder}: two files for frame {stem!r}")
-            found[stem] = os.path.join(folder, name)
-    if not found:
-        raise DataError(f"{folder}: no {'/'.join(extensions)} files")
-    return {stem: found[stem] for stem in sorted(found, key=_natural_key)}
-
-
-def _check_pairs(frames, labels, label_dir):
-    """DataError unless the label files have exactly the frames' stems."""
-    if frames.keys() != labels.keys():
-        odd = sorted(frames.keys() ^ labels.keys(), key=_natural_key)
-        raise DataError(f"{label_dir}: {len(labels)} label files for {len(frames)} frames ({odd[0]!r} is not in both)")
-
-
-def _by_prefix(folder, pattern, expected):
-    """{(VVVV, FFFF): path} of the files in folder; every name must match pattern."""
-    if not os.path.isdir(folder):
-        raise DataError(f"{folder}: no such folder")
-    found = {}
-    for name in os.listdir(folder):
-        if name.startswith("."):
-            continue
-        match = pattern.fullmatch(name)
-        if match is None:
-            raise DataError(f"{os.path.join(folder, name)}: name is not {expected}")
-        if match.groups() in found:
-            raise DataError(f"{os.path.join(folder, name)}: a second file for {'_'.join(match.groups())}")
-        found[match.groups()] = os.path.join(folder, name)
-    if not found:
-        raise DataError(f"{folder}: no {expected} files")
-    return found
-
-
-def _lines(path):
-    """The non-empty lines of a text file, stripped."""
-    try:
-        with open(path) as f:
-            lines = [line.strip() for line in f]
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
-    lines = [line for line in lines if line]
-    if not lines:
-        raise DataError(f"{path}: empty")
-    return lines
-
-
-def _natural_key(name):
-    """Sort key putting frame2 before frame10."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]

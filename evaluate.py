@@ -30,15 +30,15 @@ and adds up the ranks' sums, so that every rank returns the scores of all the vi
 import json
 from pathlib import Path
 
-from cli import (add_amp, check_at_least, check_checkpoint, count, device_name, fail, first_line, make_parser,
-                 parse_world, world_name)
+from cli import add_amp, check_at_least, check_checkpoint, count, device_name, fail, first_line, make_parser
+from synthetic import parse_world, world_name
 
 DATA_SETS = ("vspw", "cityscapes-vps", "clips", "synthetic")
 
 
 def scored(data_set, root, split, world=None):
     """What an evaluation scored, in its file names: the data set (own clips: and their folder's name; synthetic: the
-    world's knobs that differ from the default, cli.world_name) and split."""
+    world's knobs that differ from the default, synthetic.world_name) and split."""
     if data_set == "clips" and root:
         return f"{data_set}-{Path(root).resolve().name}-{split}"
     return f"{data_set}{world_name(world or {})}-{split}"

@@ -101,6 +101,7 @@ import cli
 import data
 import pictures
 import qshift
+import reading
 from streaming import read_ahead, segment
 
 # -----------------------------------------------------------------------------
@@ -120,7 +121,7 @@ class Frames:
     def __init__(self, path):
         self.path, self.stopped, self.fault = Path(path), None, None
         if self.path.is_dir():
-            files = data._listing(self.path, (".jpg", ".jpeg", ".png"))  # natural order; DataError when there are none
+            files = reading.frame_files(self.path)  # natural order; DataError when there are none
             self.count, self.fps, self.time_base = len(files), FOLDER_FPS, Fraction(1, FOLDER_FPS)
             self.frames = self._images(files)
             return
@@ -147,7 +148,7 @@ class Frames:
     def _images(self, files):
         """A folder's frames: (stem, rgb, t, 1), one every 1/FOLDER_FPS s."""
         for t, (stem, file) in enumerate(files.items()):
-            yield stem, np.array(data._open(file).convert("RGB")), t, 1
+            yield stem, np.array(reading.open_image(file).convert("RGB")), t, 1
 
     def _video(self, container, stream):
         """A video's frames: ("00000", rgb, pts, duration), ...; closes the container."""

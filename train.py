@@ -35,6 +35,7 @@ from pathlib import Path
 
 import cli
 from cli import fail, first_line
+from synthetic import parse_world
 
 # -----------------------------------------------------------------------------
 # settings: a flag given on the command line wins, then (with --resume) the run's saved config, then the paper's
@@ -71,8 +72,8 @@ def presets_help():
 parser = cli.make_parser(__doc__, epilog=presets_help(), add_help=False)
 parser.add_argument("--data", choices=list(PRESETS), help="data set (default: synthetic)")
 parser.add_argument("--root", help="data set folder (not needed for synthetic)")
-parser.add_argument("--world", type=cli.parse_world, metavar="KNOBS", help="synthetic data: the world's knobs, e.g. "
-                    "hide_run=3,speed=8 (class cues hidden in runs of 3 frames, blobs 8x faster; see data.py)")
+parser.add_argument("--world", type=parse_world, metavar="KNOBS", help="synthetic data: the world's knobs, e.g. "
+                    "hide_run=3,speed=8 (class cues hidden in runs of 3 frames, blobs 8x faster; see synthetic.py)")
 parser.add_argument("--model", help="HF hub id or local folder of a MaskFormer or Mask2Former, or 'tiny' / "
                     "'tiny-mask2former' for a small random one")
 parser.add_argument("--clip-len", type=int, help="frames per clip")

@@ -46,6 +46,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[i]) for i in (1, 0)]  # run
 # modules, and tables.py beside this script
 import data
 import qshift
+import synthetic
 from cli import check_checkpoint, fail, first_line
 from metrics import json_safe
 from tables import mean_std
@@ -70,7 +71,7 @@ def pixel_owners(class_logits, mask_logits, size):
 def covered_objects(owner, object_ids, num_queries, min_pixels=MIN_PIXELS):
     """The object each query covers: cover (T, Q) int64, -1 for none.
 
-    owner (T, H, W) in 0..Q-1, object_ids (T, H, W) in 0..254 and data.NO_OBJECT. Query q covers o at t when o is
+    owner (T, H, W) in 0..Q-1, object_ids (T, H, W) in 0..254 and synthetic.NO_OBJECT. Query q covers o at t when o is
     the most frequent id among the pixels q owns at t and q owns at least min_pixels of them.
     """
     T = owner.shape[0]
@@ -78,7 +79,7 @@ def covered_objects(owner, object_ids, num_queries, min_pixels=MIN_PIXELS):
     index = ((frame * num_queries + owner) * 256 + object_ids.long()).flatten()
     counts = torch.bincount(index, minlength=T * num_queries * 256).view(T, num_queries, 256)  # pixels per (t, q, id)
     pixels, majority = counts.max(-1)  # ties: the lower id
-    covers = (majority != data.NO_OBJECT) & (pixels >= min_pixels)
+    covers = (majority != synthetic.NO_OBJECT) & (pixels >= min_pixels)
     return torch.where(covers, majority, -1)
 
 
@@ -90,7 +91,7 @@ def object_states(object_ids, cue_hidden):
     T = object_ids.shape[0]
     index = torch.arange(T)[:, None, None] * 256 + object_ids.long()  # (T, H, W)
     count = lambda where: torch.bincount(index[where], minlength=T * 256).view(T, 256) > 0  # noqa: E731
-    return count(object_ids != data.NO_OBJECT), count(cue_hidden)
+    return count(object_ids != synthetic.NO_OBJECT), count(cue_hidden)
 
 
 def adjacent_partners(perm):
@@ -142,7 +143,7 @@ def same_object_counts(partners, cover, present, hidden):
 def owner_kept_counts(owner, object_ids, cue_hidden):
     """Pixels that keep their owner query: {cue case: (kept, counted)} over the pixels that show the same object at
     t-1 and t. owner, object_ids (T, H, W), cue_hidden (T, H, W) bool."""
-    counted = (object_ids[1:] == object_ids[:-1]) & (object_ids[1:] != data.NO_OBJECT)
+    counted = (object_ids[1:] == object_ids[:-1]) & (object_ids[1:] != synthetic.NO_OBJECT)
     kept = counted & (owner[1:] == owner[:-1])
     return split_by_cue(kept, counted, cue_hidden[:-1], cue_hidden[1:])
 

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's modules
-from cli import check_at_least, fail, first_line, make_parser, parse_world
+from cli import check_at_least, fail, first_line, make_parser
 from data import VSPW_MIN_FRAMES
 from evaluate import DATA_SETS, scored
 from metrics import CUE_DISTANCES, TITLES, percent
 from qshift import Settings
+from synthetic import parse_world
 
 
 def mean_std(values):

@@ -10,6 +10,7 @@ from PIL import Image
 
 import data
 import qshift
+import synthetic
 from data import IGNORE_INDEX, DataError, build_dataset, collate
 
 H, W = 6, 8  # frame size of the small trees
@@ -335,12 +336,12 @@ def test_collate_targets_match_hf_and_survive_all_ignored_frames():
 
 
 @pytest.fixture(scope="module")
-def synthetic():
+def default_world():
     return build_dataset("synthetic", split="train", seed=0)  # the defaults, as train.py uses them
 
 
-def test_synthetic_defaults_shapes_and_determinism(synthetic):
-    ds = synthetic
+def test_synthetic_defaults_shapes_and_determinism(default_world):
+    ds = default_world
     assert ds.background_class == 0 and ds.class_names[0] == "background" and ds.num_classes >= 3
     item = ds[0]
     T = len(item["frames"])
@@ -352,13 +353,15 @@ def test_synthetic_defaults_shapes_and_determinism(synthetic):
     val = build_dataset("synthetic", split="val", seed=0, num_videos=3)
     assert not np.array_equal(other_seed.images, again.images) and not np.array_equal(val.images, again.images)
     frame = ds.frame(2, 5)
-    assert torch.equal(frame["cue_hidden"], torch.from_numpy(ds.cue[2, 5])) and frame["name"] == ds.videos[2][1][5]
+    assert torch.equal(frame["cue_hidden"], torch.from_numpy(ds.cue_distance[2, 5] > 0))
+    assert frame["name"] == ds.videos[2][1][5]
     assert torch.equal(frame["labels"], torch.from_numpy(ds.labels[2, 5]).long())
 
 
-def test_synthetic_hides_the_class_cue(synthetic):
-    ds = synthetic
-    images, labels, cue = ds.images[:16].astype(np.int16), ds.labels[:16], ds.cue[:16]  # 16 videos are plenty
+def test_synthetic_hides_the_class_cue(default_world):
+    ds = default_world
+    images, labels = ds.images[:16].astype(np.int16), ds.labels[:16]  # 16 videos are plenty
+    cue = ds.cue_distance[:16] > 0  # hidden
     objects = labels != ds.background_class
     assert not (cue & ~objects).any()  # only object pixels lose their cue
     spread = images.max(-1) - images.min(-1)  # 0 for grey
@@ -379,7 +382,7 @@ def test_synthetic_hidden_frames_never_come_two_in_a_row():
     ds = build_dataset("synthetic", num_videos=6, num_frames=12, size=(32, 48), num_objects=1, object_size=(8, 16),
                        clip_len=4)
     assert ds.images.shape == (6, 12, 32, 48, 3)
-    hidden = ds.cue.reshape(6, 12, -1).any(-1)  # (V, T): one object, so the frames where it is grey
+    hidden = (ds.cue_distance > 0).reshape(6, 12, -1).any(-1)  # (V, T): one object, so the frames where it is grey
     assert (hidden.sum(1) == 4).all()  # a third of 12 frames
     assert not (hidden[:, 1:] & hidden[:, :-1]).any()  # a neighbour always shows the class
 
@@ -395,7 +398,7 @@ def test_synthetic_default_world_is_byte_for_byte_the_earlier_one(kwargs, sha256
     for knobs in ({}, dict(hide_run=1, speed=1.0)):
         ds = data.Synthetic(**kwargs, **knobs)
         digest = hashlib.sha256()
-        for array in (ds.images, ds.labels, ds.cue, ds.object_ids):
+        for array in (ds.images, ds.labels, ds.cue_distance > 0, ds.object_ids):
             digest.update(array.tobytes())
         assert digest.hexdigest() == sha256
 
@@ -408,7 +411,7 @@ def one_object_world(**knobs):
 @pytest.mark.parametrize("hide_run,runs", [(1, 8), (2, 4), (3, 3), (4, 2)])  # a third of 24 frames, about
 def test_hidden_frames_come_in_runs_of_exactly_hide_run(hide_run, runs):
     ds = one_object_world(hide_run=hide_run)
-    hidden = ds.cue.reshape(8, 24, -1).any(-1)  # (V, T)
+    hidden = (ds.cue_distance > 0).reshape(8, 24, -1).any(-1)  # (V, T)
     for video in hidden:
         edges = np.diff(np.concatenate([[0], video.astype(int), [0]]))  # +1 where a run starts, -1 after it ends
         starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
@@ -418,7 +421,7 @@ def test_hidden_frames_come_in_runs_of_exactly_hide_run(hide_run, runs):
 
 def test_cue_distance_is_the_frames_to_the_nearest_frame_in_colour():
     ds = one_object_world(hide_run=3)
-    hidden = ds.cue.reshape(8, 24, -1).any(-1)  # (V, T)
+    hidden = (ds.cue_distance > 0).reshape(8, 24, -1).any(-1)  # (V, T)
     for v in range(8):
         shown = np.flatnonzero(~hidden[v])
         for t in range(24):
@@ -465,7 +468,7 @@ def check_object_ids(ids, labels, cue, background_class):
     """Every object's pixels have one class (the world draws a class per object) and one cue state per frame;
     the pixels of no object are background, or ignored padding."""
     assert ids.dtype == torch.uint8 and ids.shape == labels.shape
-    objects = ids != data.NO_OBJECT
+    objects = ids != synthetic.NO_OBJECT
     assert set(labels[~objects].unique().tolist()) <= {background_class, IGNORE_INDEX}
     assert not (labels[objects] == background_class).any() and not (labels[objects] == IGNORE_INDEX).any()
     for o in ids[objects].unique():
@@ -490,8 +493,8 @@ def test_synthetic_object_ids_follow_labels_through_crop_and_flip():
         ids, labels = item["object_ids"], item["labels"]
         assert ids.shape == (4, 48, 48)
         check_object_ids(ids, labels, item["cue_hidden"], ds.background_class)
-        assert torch.equal(ids == data.NO_OBJECT, (labels == ds.background_class) | (labels == IGNORE_INDEX))
-        seen += int((ids != data.NO_OBJECT).flatten(1).any(1).sum())
+        assert torch.equal(ids == synthetic.NO_OBJECT, (labels == ds.background_class) | (labels == IGNORE_INDEX))
+        seen += int((ids != synthetic.NO_OBJECT).flatten(1).any(1).sum())
     assert seen > 6 * 4 // 2  # most crops show some object
     batch = collate([ds[0], ds[1]])
     assert batch["object_ids"].shape == (2, 4, 48, 48) and torch.equal(batch["object_ids"][1], item["object_ids"])
@@ -594,8 +597,7 @@ def test_bad_cityscapes_vps_and_clips_trees(tmp_path):
 def test_the_command_lines_world_knobs_are_the_synthetic_worlds_with_its_defaults():
     import inspect
 
-    import cli
-    parameters = inspect.signature(data.Synthetic).parameters
-    assert {knob: parameters[knob].default for knob in cli.WORLD} == cli.WORLD
-    assert cli.parse_world("hide_run=3,speed=8") == {"hide_run": 3, "speed": 8.0}
-    assert cli.parse_world("hide_run=1,speed=1") == {} == cli.parse_world("")  # one world, one spelling
+    parameters = inspect.signature(synthetic.videos).parameters
+    assert {knob: parameters[knob].default for knob in synthetic.WORLD} == synthetic.WORLD
+    assert synthetic.parse_world("hide_run=3,speed=8") == {"hide_run": 3, "speed": 8.0}
+    assert synthetic.parse_world("hide_run=1,speed=1") == {} == synthetic.parse_world("")  # one world, one spelling

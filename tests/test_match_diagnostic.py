@@ -31,7 +31,7 @@ def test_pixel_owners_against_a_loop():
 
 
 def test_covered_objects_by_majority_and_size():
-    N = 255  # data.NO_OBJECT
+    N = 255  # synthetic.NO_OBJECT
     ids = torch.tensor([[[0, 0, 0, 1, 1, N], [0, 0, 1, 1, N, N]]], dtype=torch.uint8)  # one frame, 2 x 6
     owner = torch.tensor([[[0, 0, 0, 0, 1, 1], [0, 0, 2, 2, 1, 1]]])
     # query 0: five pixels of object 0, one of 1; query 1: mostly background; query 2: two of object 1; query 3: none
