@@ -377,8 +377,7 @@ if master:
         print(f"{root}: no val.txt, so no validation; {out}/best is the last checkpoint", file=sys.stderr)
     checkpoints.write_json(out / "config.json", config)
 
-# Ctrl-C finishes the step, saves and exits (under torchrun at the next check, all ranks): a KeyboardInterrupt could
-# land inside optimizer.step and leave the weights half updated, so the signal only sets this flag
+# Ctrl-C: the step finishes, then saves and exits at its check (a KeyboardInterrupt could strike in optimizer.step)
 interrupted = threading.Event()
 signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
 stop = False
