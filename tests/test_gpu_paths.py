@@ -438,7 +438,7 @@ def test_evaluation_on_a_gpu_pins_only_cpu_tensors_labels_in_the_reader_thread(f
     monkeypatch.setattr(evaluate, "Scores", ScoresOnCPU)
     fake_cuda.clear()
     results = evaluate.evaluate(ModelOnGPU(model), dataset, torch.device("cuda"), progress=False, chunk=4)
-    assert json.dumps(evaluate._json_safe(results)) == json.dumps(evaluate._json_safe(expected))
+    assert json.dumps(metrics.json_safe(results)) == json.dumps(metrics.json_safe(expected))
     main = threading.current_thread().name
     pinned_by = [call[2] for call in fake_cuda if call[0] == "pin"]
     assert pinned_by.count(main) > 0 and len(pinned_by) - pinned_by.count(main) == 2 * 6  # labels, cue distances
