@@ -570,9 +570,7 @@ def collect(args, config, m2f_config, clip_len=16, metric_blocks=12):
 def save(args, figures, models, done, failed=None):
     """Write the report so far to args.json_out (if given) atomically: a reader finds the last one whole."""
     if args.json_out:
-        with open(args.json_out + ".tmp", "w") as f:
-            json.dump({**report(args, figures, models), "sections_done": done, "failed": failed}, f, indent=2)
-        os.replace(args.json_out + ".tmp", args.json_out)
+        cli.write_json(args.json_out, {**report(args, figures, models), "sections_done": done, "failed": failed})
 
 
 def rows(args):

@@ -6,7 +6,6 @@ A checkpoint is written once to a fresh folder OUT/step-N; then OUT/<name>, a sy
 rename, so that it names the old checkpoint or the new one, never half of one. Step folders that no link names are
 removed. Each folder is readable by QShiftSegmenter.from_pretrained, plus train_state.pt for --resume.
 """
-import json
 import os
 import random
 import shutil
@@ -33,13 +32,6 @@ def save(out, name, step, model, train_state):
     for old in out.glob("step-*"):
         if old.name not in in_use:
             shutil.rmtree(old)
-
-
-def write_json(path, value):
-    """path's contents replaced by value as JSON in one rename: the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def random_states(device):

@@ -108,6 +108,15 @@ def check_model_path(flag, name):
         fail(f"{flag} {name}: no such folder" if not path.is_dir() else f"{flag} {name}: no config.json in it")
 
 
+def write_json(path, value):
+    """Replace the file at path by value as JSON in one rename: a reader, or a kill, meets the old file or the new
+    one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def quiet_transformers():
     """No progress bars and no info messages from transformers: they would cut into ours and make an error more than
     one line."""

@@ -375,7 +375,7 @@ if master:
               f"largest training scale fills no more, the rest would be padding", file=sys.stderr)
     if val_set is None:
         print(f"{root}: no val.txt, so no validation; {out}/best is the last checkpoint", file=sys.stderr)
-    checkpoints.write_json(out / "config.json", config)
+    cli.write_json(out / "config.json", config)
 
 # Ctrl-C: the step finishes, then saves and exits at its check (a KeyboardInterrupt could strike in optimizer.step)
 interrupted = threading.Event()

@@ -37,13 +37,6 @@ BENCH_RATIOS, BENCH_OTHER_S = 18, 90  # bench.py on CUDA: its time ratios, its s
 # the record, and commands under a deadline
 
 
-def write_json(path, report):
-    """Replace the file at path by report in one rename: a reader, or a kill, never meets half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def run(cmd, timeout, log):
     """Run cmd from the project root, its output appended to the file log, in a process group of its own that is
     killed whole after timeout seconds. Returns (its exit status, None when killed; its output)."""
@@ -88,7 +81,7 @@ class Part:
     def save(self):
         report = json.loads((self.out / "gpu_check.json").read_text())
         report["parts"][self.name].update(self.entry)
-        write_json(self.out / "gpu_check.json", report)
+        cli.write_json(self.out / "gpu_check.json", report)
 
     def run(self, *cmd, margin=5):
         """Run a command until the part's deadline, less margin seconds to record what it did."""
@@ -541,7 +534,7 @@ def main(argv=None):
               "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "parts": {
                   name: {"part": list(PARTS).index(name) + 1, "question": " ".join(PARTS[name][0].__doc__.split()),
                          "budget_s": PARTS[name][2 if args.cpu else 1], "status": "not run"} for name in args.chosen}}
-    write_json(path, report)
+    cli.write_json(path, report)
     print(f"gpu_check ({report['mode']}, {report['machine'].get('device', 'cpu')}): writing {path}", flush=True)
     deadline = started
     for name in args.chosen:
@@ -557,10 +550,10 @@ def main(argv=None):
         if entry["status"] != "ok":
             entry["log_tail"] = output[-2000:]
         report["parts"][name], report["seconds"] = entry, round(time.time() - started, 1)
-        write_json(path, report)
+        cli.write_json(path, report)
         print(f"{entry['part']} {name:12} {entry['status']:8} {entry['seconds']:6.1f} s  {entry['why']}", flush=True)
     report["not_ok"] = [name for name, entry in report["parts"].items() if entry["status"] != "ok"]
-    write_json(path, report)
+    cli.write_json(path, report)
     shutil.rmtree(args.out / "work", ignore_errors=True)
     print(f"{len(report['parts']) - len(report['not_ok'])} of {len(report['parts'])} parts ok"
           + (f"; not ok: {', '.join(report['not_ok'])}" if report["not_ok"] else "") + f"; figures in {path}")
