@@ -242,7 +242,7 @@ def test_predict_runs_the_model_under_its_amp_on_a_folder_and_a_video(run_a, run
 def test_bench_times_inference_and_training_under_its_amp(family, amp, heads_autocast):
     """bench.py --amp bf16 and fp16 (with its loss scaled), the queries matched by masks: inference, and a training
     step with HF's loss."""
-    by_masks = [case for case in bench.SHIFTED if case[1] and case[1].get("match_by") == "masks"]
+    by_masks = [case for case in bench.SHIFTED if isinstance(case[1], dict) and case[1].get("match_by") == "masks"]
     models, match_ms = bench.model_cost(bench.variants(tiny_config(5, family=family), "cpu", by_masks), 2, 32, "cpu",
                                         amp=DTYPES[amp], budget=0, min_blocks=1)
     assert [m["name"] for m in models] == [bench.BASE] + [name for name, _, _ in by_masks]
