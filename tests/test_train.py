@@ -257,6 +257,14 @@ def test_help_and_flag_errors_answer_before_torch_loads(script, flags, status):
     assert before_torch(script, *flags)[:2] == (status, False)
 
 
+def test_a_gpu_chosen_by_index_under_torchrun_is_refused_in_one_line_before_torch_loads(monkeypatch):
+    """torchrun gives process LOCAL_RANK its GPU: --device cuda:1 would be silently ignored, so it is refused."""
+    monkeypatch.setenv("RANK", "0")
+    status, loaded, err = before_torch("train.py", "--device", "cuda:1", "--out", "nowhere")
+    assert (status, loaded) == (2, False) and err.count("\n") == 1
+    assert err.startswith("error: --device cuda:1: under torchrun use cuda (or cpu); CUDA_VISIBLE_DEVICES picks")
+
+
 def test_the_settings_flags_are_checked_by_qshift_before_anything_is_built(tmp_path):
     """Every bad value is qshift.Settings' to refuse (tests/test_qshift.py has them all); train.py passes the one
     line on. The names of all placements are accepted."""
