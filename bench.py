@@ -14,7 +14,7 @@ Figures: (1) the cost of shift and matching over the frame-by-frame model with t
 with the Swin-T architecture of facebook/maskformer-swin-tiny-ade, random weights, built offline), and per model
 frames per second in inference and training, matching's share of the forward time and, on CUDA, peak memory of one
 clip (the models compared are listed in `variants`); (2) peak memory of
-whole-video inference, streamed (qshift.predict_video) beside the video run as one clip; (3) 16-frame training
+whole-video inference, streamed (streaming.predict_video) beside the video run as one clip; (3) 16-frame training
 clips per second from VSPW-like 480p files on one loader worker; (4) the confusion-matrix update per 480p frame;
 (5) frames per second as papers report them: absolute, batch 1, offline and online (see fps); (6) Mask2Former's cost.
 Time ratios come from blocks of runs A B B A after a warm-up: the median of the blocks' ratios, with blocks added
@@ -116,6 +116,7 @@ import cli
 import data
 import matcher
 import qshift
+import streaming
 from memory import checkpoint_activations
 from metrics import SegMetrics
 from tiny import build_model
@@ -337,7 +338,7 @@ def memory_case(mode, frames, size, config, device, amp=None, settings=None):
     with torch.no_grad():
         if mode == "stream":  # frames made one at a time, as a video file is read
             video = (torch.randn(3, size, size, generator=gen) for _ in range(frames))
-            for _ in qshift.predict_video(model, video, amp=amp):
+            for _ in streaming.predict_video(model, video, amp=amp):
                 pass
         else:
             with torch.autocast(torch.device(device).type, dtype=amp, enabled=amp is not None):
@@ -438,7 +439,7 @@ FPS_RUNS = 3  # timed passes of each model
 def fps(config, frames, size, device, amp=None, runs=FPS_RUNS):
     """Frames per second of the image model (shift 0) and the paper's setting (shift 1/16 + matching), the same
     weights, on one video of `frames` random frames of size (H, W) made beforehand on the device: offline, the
-    whole clip through qshift.predict_video; online, the causal model (causal=True) one frame at a time (chunk 1),
+    whole clip through streaming.predict_video; online, the causal model (causal=True) one frame at a time (chunk 1),
     each frame timed from its pixels to its class map. After a warm-up pass of each, `runs` passes of each in turn,
     on wall time, the device synchronised before and after each timed region (timed).
 
@@ -452,11 +453,11 @@ def fps(config, frames, size, device, amp=None, runs=FPS_RUNS):
     video = torch.randn(frames, 3, *size, device=device)
 
     def offline(model):
-        for _ in qshift.predict_video(model, video, amp=amp):
+        for _ in streaming.predict_video(model, video, amp=amp):
             pass
 
     def online(model):  # the maps taken one by one, each as soon as its frame is in
-        maps = qshift.predict_video(model, video, chunk=1, amp=amp)
+        maps = streaming.predict_video(model, video, chunk=1, amp=amp)
         return [timed(lambda: next(maps), device) for _ in range(frames)]
 
     for clip_model, causal_model in models.values():
@@ -481,16 +482,17 @@ def precision(amp):
 
 
 def fps_method(settings, device):
-    """How fps measured, in words, for the report: what is counted and what is cached (see qshift.stream_logits)."""
+    """How fps measured, in words, for the report: what is counted and what is cached (see streaming.stream_logits)."""
     (height, width), where = settings["fps_size"], "CPU" if device == "cpu" else "GPU"
     return (f"Frames per second{' on the CPU, at reduced sizes (not a GPU figure)' if where == 'CPU' else ''}: batch "
             f"1, one video of {settings['fps_frames']} random {width}x{height} frames made beforehand on the {where} "
             f"(not counted), {precision(settings['amp'])}; counted: pixels in to each frame's class map at full size; "
             f"wall time, the device synchronised around each timed region, after a warm-up pass; {FPS_RUNS} passes. "
-            "Offline: qshift.predict_video on the whole clip, the backbone 8 frames at a time (shifted, frame t's map "
-            "waits for frame t+1); online: a causal model, one frame at a time, latency from a frame's pixels to its "
-            "map. Nothing is cached across frames but, in the shifted model, the streaming halo: the decoded queries "
-            "and pixel embeddings of the last frame (reach 1), which each new frame is matched to and shifted with.")
+            "Offline: streaming.predict_video on the whole clip, the backbone 8 frames at a time (shifted, frame t's "
+            "map waits for frame t+1); online: a causal model, one frame at a time, latency from a frame's pixels to "
+            "its map. Nothing is cached across frames but, in the shifted model, the streaming halo: the decoded "
+            "queries and pixel embeddings of the last frame (reach 1), which each new frame is matched to and shifted "
+            "with.")
 
 
 # -----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ evaluation code, and the papers that report VSPW its way (CFFM, MRCFA, TV3S), sc
 --short-side 480 scales frames whose short side is longer down before the model, as predict.py does, and the class
 scores are resized to the labels' size before the argmax, so that the maps are scored at the labels' size.
 
-Whole videos run in memory bounded by a few frames (qshift.predict_video); the maps equal those of the whole video
+Whole videos run in memory bounded by a few frames (streaming.predict_video); the maps equal those of the whole video
 run as one clip.
 
 Under torch.distributed (train.py's validation with torchrun), evaluate() scores only this rank's share of the videos
@@ -145,7 +145,7 @@ def evaluate(model, dataset, device=None, clip_len=None, amp=None, progress=True
     """Run `model` on every video of `dataset` (one built with clip_len=None; max_videos: the first ones only) and
     score it: returns metrics.Scores.results.
 
-    Whole videos run as one clip each (memory bounded by a few chunks of frames, see qshift.stream_logits), or as
+    Whole videos run as one clip each (memory bounded by a few chunks of frames, see streaming.stream_logits), or as
     independent clips of clip_len frames. device: where the model and metrics run (default: the model's device);
     amp: an autocast dtype (torch.bfloat16, torch.float16) or None. save_predictions: a folder for
     DIR/<video>/<frame>.png in raw ids; visualize: a folder for <video>.png pictures of the first num_vis videos

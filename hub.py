@@ -69,13 +69,13 @@ They are config.json's `qshift` entry.
 
 ## Use
 
-With qshift.py (one file; it needs torch, scipy and transformers):
+With qshift.py and streaming.py (they need torch, scipy and transformers):
 
 ```python
-import qshift
+import qshift, streaming
 model = qshift.QShiftSegmenter.from_pretrained("{repo_id}").eval()
 pixel_values = qshift.frames_to_pixel_values(frames)  # uint8 (T, H, W, 3) -> (T, 3, H, W)
-maps = list(qshift.predict_video(model, pixel_values))  # T class maps (H, W)
+maps = list(streaming.predict_video(model, pixel_values))  # T class maps (H, W), any length
 names = model.model.config.id2label
 ```
 

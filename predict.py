@@ -16,7 +16,7 @@ QShiftSegmenter.save_pretrained, or a Hugging Face hub id. For each INPUT, named
 
 and one line: the frames, frames per second and where they went. DIR is predictions/ unless given.
 
-The frames stream through qshift.predict_video, decoded by one thread and written by another while the model runs,
+The frames stream through streaming.predict_video, decoded by one thread and written by another while the model runs,
 so memory holds a few frames whatever the video's length; a causal model runs online, one frame at a time, and each
 map is written as soon as its frame has been read. Frames whose short side is longer than --short-side (default
 480, the paper's VSPW_480p and the size train.py's crops see) are scaled down before the model, so that 1080p or 4K

@@ -259,12 +259,13 @@ def step_shares(trace, steps):
 
 
 def streaming(part):
-    """Streamed maps (qshift.predict_video, chunks of 4, the frames already on the device) against one whole-clip
+    """Streamed maps (streaming.predict_video, chunks of 4, the frames already on the device) against one whole-clip
     forward's, in fp32, TF32, bf16 and fp16: the fraction of pixels that differ, at most STREAM_TOLERANCE. Models:
     the paper's setting of both families, and Mask2Former matching by masks, their heads re-drawn (varied). On CUDA
     Swin-T, 16 frames of 480x480; on the CPU tiny models, 6 of 64x64, no TF32."""
     import torch
     import qshift
+    from streaming import predict_video
     from tiny import build_model
     T, size = (6, (64, 64)) if part.cpu else (16, (480, 480))
     frames = training_clip(T, size, part.device)[0][0]
@@ -285,7 +286,7 @@ def streaming(part):
                 with torch.no_grad(), torch.autocast(part.device, dtype=dtype, enabled=dtype is not None):
                     out = model(frames[None])
                 whole = qshift.semantic_segmentation(out.class_queries_logits, out.masks_queries_logits, size)
-                streamed = torch.stack(list(qshift.predict_video(model, iter(frames), chunk=4, amp=dtype)))
+                streamed = torch.stack(list(predict_video(model, iter(frames), chunk=4, amp=dtype)))
             except Exception as e:  # the crash is the finding; the other precisions still run
                 part.figure(key, {"error": cli.first_line(e)}, check=False)
                 continue

@@ -1,5 +1,5 @@
 """
-predict.py's speed against qshift.predict_video alone, side by side in one run: does reading and writing video hide
+predict.py's speed against streaming.predict_video alone, side by side in one run: does reading and writing video hide
 behind the model?
 
     python experiments/predict_speed.py --checkpoint RUN/best [--frames 96] [--size 64 96] [--repeats 5]
@@ -39,7 +39,7 @@ import statistics
 import torch
 
 import predict
-import qshift
+import streaming
 from synthetic_video import write_videos
 
 
@@ -49,10 +49,10 @@ def main(args):
         [video] = write_videos("val", 1, args.frames, tmp, tuple(args.size))
         frames, _, _ = predict.read_input(video)  # as predict.py decodes them, kept in memory
         pixel_values = [predict.model_input(name, rgb, 480)["pixel_values"] for name, rgb in frames]
-        for _ in qshift.predict_video(model, pixel_values[:8]):  # warm-up: the first run pays for allocations
+        for _ in streaming.predict_video(model, pixel_values[:8]):  # warm-up: the first run pays for allocations
             pass
         runs = {"predict.py": lambda r: predict.predict_input(model, video, Path(tmp) / f"out{r}"),
-                "predict_video": lambda r: [None for _ in qshift.predict_video(model, pixel_values)]}
+                "predict_video": lambda r: [None for _ in streaming.predict_video(model, pixel_values)]}
         seconds = {name: [] for name in runs}
         for r in range(args.repeats):
             for name in list(runs)[::1 if r % 2 == 0 else -1]:

@@ -17,6 +17,7 @@ from PIL import Image
 import data
 import evaluate
 import qshift
+import streaming
 import pictures
 from evaluate import parse_args
 from metrics import SegMetrics, VideoConsistency, json_safe
@@ -218,7 +219,7 @@ def fake_predictions(model, frames, *args):
 
 
 def test_evaluate_scores_match_the_definitions(synthetic, monkeypatch):
-    monkeypatch.setattr(qshift, "predict_video", fake_predictions)
+    monkeypatch.setattr(streaming, "predict_video", fake_predictions)
     results = evaluate.evaluate(torch.nn.Linear(1, 1), synthetic, progress=False)
     preds = [torch.stack(list(fake_predictions(None, synthetic[v]["pixel_values"]))) for v in range(2)]
     labels = [synthetic[v]["labels"] for v in range(2)]
@@ -240,7 +241,7 @@ def test_evaluate_scores_match_the_definitions(synthetic, monkeypatch):
 
 
 def test_hidden_cue_accuracy_by_distance_matches_the_definition(monkeypatch):
-    monkeypatch.setattr(qshift, "predict_video", fake_predictions)
+    monkeypatch.setattr(streaming, "predict_video", fake_predictions)
     world = data.build_dataset("synthetic", split="val", clip_len=None, train=False, num_videos=3, hide_run=3)
     results = evaluate.evaluate(torch.nn.Linear(1, 1), world, progress=False)
     pred = torch.cat([torch.stack(list(fake_predictions(None, world[v]["pixel_values"]))) for v in range(3)])
@@ -256,7 +257,7 @@ def test_hidden_cue_accuracy_by_distance_matches_the_definition(monkeypatch):
 
 
 def test_vis_frames_draws_those_consecutive_frames(synthetic, monkeypatch, tmp_path):
-    monkeypatch.setattr(qshift, "predict_video", fake_predictions)
+    monkeypatch.setattr(streaming, "predict_video", fake_predictions)
     heights = {}
     for frames in (None, (2, 4), (5, 5)):
         evaluate.evaluate(torch.nn.Linear(1, 1), synthetic, progress=False, visualize=tmp_path / str(frames),
@@ -295,9 +296,9 @@ def main(argv):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_scores_on_cuda_equal_those_on_the_cpu(synthetic, tiny_model, monkeypatch):
-    monkeypatch.setattr(qshift, "predict_video", fake_predictions)
+    monkeypatch.setattr(streaming, "predict_video", fake_predictions)
     on_cpu = evaluate.evaluate(torch.nn.Linear(1, 1), synthetic, progress=False)
-    monkeypatch.setattr(qshift, "predict_video", lambda *args: (pred.cuda() for pred in fake_predictions(*args)))
+    monkeypatch.setattr(streaming, "predict_video", lambda *args: (pred.cuda() for pred in fake_predictions(*args)))
     on_cuda = evaluate.evaluate(torch.nn.Linear(1, 1), synthetic, "cuda", progress=False)  # index_add_, pinned labels
     assert json.dumps(json_safe(on_cuda)) == json.dumps(json_safe(on_cpu))
     monkeypatch.undo()
@@ -427,7 +428,7 @@ def official_vspw_scores(root, predictions, videos):
 
 def test_vspw_is_scored_by_the_papers_protocol_or_as_vspws_own_code_scores_every_video(
         vspw, vspw_model, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(qshift, "predict_video", colour_predictions)
+    monkeypatch.setattr(streaming, "predict_video", colour_predictions)
     run = tmp_path / "run"
     vspw_model.save_pretrained(run / "best")
     flags = ["--checkpoint", str(run / "best"), "--data", "vspw", "--root", str(vspw), "--device", "cpu"]
@@ -458,7 +459,7 @@ def test_vspw_is_scored_by_the_papers_protocol_or_as_vspws_own_code_scores_every
 
 
 def red_logits(model, frames, *args):
-    """Per-frame logits standing in for qshift.stream_logits' (one frame at a time): 3 queries of classes 4, 58 and 98
+    """Per-frame logits standing in for stream_logits' (one frame at a time): 3 queries of classes 4, 58 and 98
     whose masks follow the frame's red channel at a quarter of its size, so that the maps have edges. Records the
     pixel values it is given in red_logits.seen."""
     class_logits = torch.zeros(1, 3, data.VSPW_NUM_CLASSES + 1)
@@ -471,7 +472,7 @@ def red_logits(model, frames, *args):
 
 def test_short_side_scales_frames_for_the_model_and_scores_their_class_scores_at_the_labels_size(
         vspw, vspw_model, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(qshift, "stream_logits", red_logits)
+    monkeypatch.setattr(streaming, "stream_logits", red_logits)
     red_logits.seen = []
     run = tmp_path / "run"
     vspw_model.save_pretrained(run / "best")
@@ -513,7 +514,7 @@ def evaluate_as_rank(rank, world, folder):
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{folder / 'rendezvous'}", rank=rank, world_size=world)
     dataset = data.build_dataset("synthetic", split="val", clip_len=None, train=False, num_videos=3, num_frames=10)
-    qshift.predict_video = fake_predictions
+    streaming.predict_video = fake_predictions
     results = evaluate.evaluate(torch.nn.Linear(1, 1), dataset, "cpu", progress=False,
                                 save_predictions=folder / "pred")
     (folder / f"rank{rank}.json").write_text(json.dumps(json_safe(results)))

@@ -3,7 +3,7 @@ the loss's matching costs in fp16, and the uploads through pinned memory. CPU au
 CUDA's does; what only a GPU has (pinned memory, tensors on the device) is faked by a stand-in that behaves as CUDA
 does where the code can tell (fake_cuda). The crossing, chosen so that the file stays cheap (about a minute, one core):
 
-- qshift.stream_logits and predict_video against one whole-clip forward under the same autocast, in process, the
+- streaming.stream_logits and predict_video against one whole-clip forward under the same autocast, in process, the
   full cross: MaskFormer and Mask2Former x bf16 and fp16 x the placements queries, pixels, backbone and all three x
   matching by queries and by masks (where the queries are shifted: elsewhere nothing is matched), and causal, reach
   2 and both on a few cells.
@@ -31,6 +31,7 @@ import matcher
 import metrics
 import predict
 import qshift
+import streaming
 from test_predict import decoded, saved_maps
 from test_qshift import distinct_masks, tiny_model, video
 from test_train import train
@@ -95,7 +96,7 @@ def test_streaming_under_autocast_runs_every_step_in_it_and_equals_the_whole_cli
         whole = model(frames[None])
     steps = record_steps(model)
     streamed = []
-    for logits in qshift.stream_logits(model, iter(frames), chunk=4, amp=dtype):
+    for logits in streaming.stream_logits(model, iter(frames), chunk=4, amp=dtype):
         assert autocast_state() is None  # autocast stays inside the stream
         streamed.append(logits)
     assert {name for name, _ in steps} == {"backbone", "decode", "heads"} | \
@@ -111,10 +112,11 @@ def test_streaming_under_autocast_runs_every_step_in_it_and_equals_the_whole_cli
 
     rounding = 4 * torch.finfo(dtype).eps
     assert off_by(streamed) <= rounding
-    maps = torch.stack(list(qshift.predict_video(model, iter(frames), chunk=1, amp=dtype)))
+    maps = torch.stack(list(streaming.predict_video(model, iter(frames), chunk=1, amp=dtype)))
     expected = qshift.semantic_segmentation(whole.class_queries_logits, whole.masks_queries_logits, (64, 96))
     assert torch.equal(maps, expected)
-    cut = [logits for part in (frames[:3], frames[3:]) for logits in qshift.stream_logits(model, iter(part), 4, dtype)]
+    cut = [logits for part in (frames[:3], frames[3:])
+           for logits in streaming.stream_logits(model, iter(part), 4, dtype)]
     assert off_by(cut) > 10 * rounding
 
 
@@ -208,9 +210,9 @@ def frames():
 
 
 def expected_maps(checkpoint, frames, amp):
-    """qshift.predict_video's maps of uint8 frames (n, H, W, 3) under autocast amp, as one clip: (n, H, W)."""
+    """streaming.predict_video's maps of uint8 frames (n, H, W, 3) under autocast amp, as one clip: (n, H, W)."""
     model = qshift.QShiftSegmenter.from_pretrained(checkpoint).eval()
-    return torch.stack(list(qshift.predict_video(model, qshift.frames_to_pixel_values(frames), amp=amp))).numpy()
+    return torch.stack(list(streaming.predict_video(model, qshift.frames_to_pixel_values(frames), amp=amp))).numpy()
 
 
 def test_predict_runs_the_model_under_its_amp_on_a_folder_and_a_video(run_a, run_b, frames, tmp_path, capsys,
@@ -408,10 +410,10 @@ def test_streaming_on_a_gpu_pins_only_cpu_tensors(frames_on, fake_cuda):
     (pinning one raised on CUDA). Matching's permutations are uploaded pinned. The maps are the CPU's."""
     model = tiny_model(4, shift_at=("backbone", "queries", "pixels"), match_by="masks")
     frames = video(5)
-    expected = torch.stack(list(qshift.predict_video(model, iter(frames), chunk=2)))
+    expected = torch.stack(list(streaming.predict_video(model, iter(frames), chunk=2)))
     fake_cuda.clear()
     pictures = iter(frames if frames_on == "cpu" else frames.as_subclass(OnGPU))
-    maps = torch.stack(list(qshift.predict_video(ModelOnGPU(model), pictures, chunk=2)))
+    maps = torch.stack(list(streaming.predict_video(ModelOnGPU(model), pictures, chunk=2)))
     assert torch.equal(maps.as_subclass(torch.Tensor), expected)
     main, chunks = threading.current_thread().name, [(2, 3, 64, 96), (2, 3, 64, 96), (1, 3, 64, 96)]
     assert [call for call in fake_cuda if call[-1] in chunks] == [call for shape in chunks for call in (

@@ -1,4 +1,4 @@
-"""predict.py on video files and folders of frames, against qshift.predict_video on the same frames; its errors."""
+"""predict.py on video files and folders of frames, against streaming.predict_video on the same frames; its errors."""
 from fractions import Fraction
 
 import av
@@ -12,6 +12,7 @@ import data
 import pictures
 import predict
 import qshift
+import streaming
 from streaming import segment
 from tiny import build_model, tiny_config
 
@@ -101,9 +102,9 @@ def timing(path):
 
 
 def expected_maps(checkpoint, frames):
-    """qshift.predict_video's maps of frames (uint8 (n, H, W, 3)), the whole video as one clip: (n, H, W)."""
+    """streaming.predict_video's maps of frames (uint8 (n, H, W, 3)), the whole video as one clip: (n, H, W)."""
     model = qshift.QShiftSegmenter.from_pretrained(checkpoint).eval()
-    return torch.stack(list(qshift.predict_video(model, qshift.frames_to_pixel_values(frames)))).numpy()
+    return torch.stack(list(streaming.predict_video(model, qshift.frames_to_pixel_values(frames)))).numpy()
 
 
 def saved_maps(folder, names):

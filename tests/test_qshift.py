@@ -11,8 +11,9 @@ from transformers import Mask2FormerImageProcessor, MaskFormerImageProcessor
 from transformers.models.maskformer.modeling_maskformer import MaskFormerForInstanceSegmentationOutput
 
 from qshift import FAMILIES as FAMILY_CLASSES
-from qshift import (QShiftSegmenter, SettingError, Settings, frames_to_pixel_values, match_queries, predict_video,
-                    semantic_segmentation, shift_queries, shift_with_reach, stream_logits, temporal_shift)
+from qshift import (QShiftSegmenter, SettingError, Settings, frames_to_pixel_values, match_queries,
+                    semantic_segmentation, shift_queries, shift_with_reach, temporal_shift)
+from streaming import predict_video, stream_logits
 from tiny import build_model, tiny_config
 
 # -----------------------------------------------------------------------------
