@@ -49,7 +49,7 @@ PRESETS = {  # clip_len frames per clip; batch_size clips per step (per GPU); cr
 }
 DEFAULTS = dict(root=None, model="facebook/maskformer-swin-tiny-ade", world={}, weight_decay=0.05, warmup=100,
                 grad_clip=0.1, max_steps=0, out="out", seed=0, workers=4, amp="off", eval_every=0, val_videos=0,
-                log_every=10, min_frames=32, device=None, gradient_checkpointing=False)
+                log_every=10, device=None, gradient_checkpointing=False)  # min_frames: data.VSPW_MIN_FRAMES
 TINY = {"tiny": "maskformer", "tiny-mask2former": "mask2former"}  # --model: small random models (tiny.py)
 FLAGS = {"shift_div": "--shift", "match": "--match", "causal": "--causal", "shift_at": "--shift-at",
          "match_by": "--match-by", "reach": "--reach"}  # qshift.Settings' fields, with their meanings as help
@@ -85,7 +85,7 @@ parser.add_argument("--lr", type=float)
 parser.add_argument("--weight-decay", type=float, help="(0.05)")
 parser.add_argument("--warmup", type=int, help="linear warmup steps (100)")
 parser.add_argument("--grad-clip", type=float, help="clip the gradient norm (0: off) (0.1)")
-parser.add_argument("--min-frames", type=int, help="VSPW: skip videos shorter than this (32, as in the paper)")
+parser.add_argument("--min-frames", type=int, help="VSPW: skip videos shorter than this (the paper's 32)")
 parser.add_argument("--out", help="output folder (out)")
 parser.add_argument("--resume", action="store_true", help="continue the run in --out from OUT/last")
 parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
@@ -145,12 +145,13 @@ from tqdm import tqdm
 import checkpoints
 import matcher
 import memory
-from data import DataError, build_dataset, collate
+from data import VSPW_MIN_FRAMES, DataError, build_dataset, collate
 from evaluate import evaluate
 from metrics import summary
 from qshift import SettingError, Settings, to_device
 from tiny import build_model, tiny_config
 
+config.setdefault("min_frames", VSPW_MIN_FRAMES)  # the last default: data.py's, which needs torch
 parser.add_argument("-h", "--help", action="help", help="show this help message and exit")
 for f in fields(Settings):  # --shift-at takes the placements comma-separated
     kind = {"type": (lambda text: tuple(text.split(","))) if f.type is tuple else f.type} if f.type is not bool else \
@@ -378,9 +379,8 @@ if master:
     cli.write_json(out / "config.json", config)
 
 # Ctrl-C: the step finishes, then saves and exits at its check (a KeyboardInterrupt could strike in optimizer.step)
-interrupted = threading.Event()
+stop, interrupted = False, threading.Event()
 signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
-stop = False
 model.train()
 pbar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True)
 frames_seen, t0 = 0, time.time()
