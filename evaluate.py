@@ -7,7 +7,8 @@ predictions and pictures like the paper's Figures 2-3.
         [--visualize DIR --num-vis N --vis-frames A B] [--max-videos N] [--amp [off|auto|bf16|fp16]] [--device cuda]
         -> RUN/eval-<data>-<split>.json and .md (own clips: eval-clips-<folder>-<split>.*; a synthetic world's
            knobs after the data set, eval-synthetic-hide_run3-val.*; -min<N> added with VSPW's --min-frames N other
-           than the paper's 32, -clip<T> with --clip-len T, -first<N> with --max-videos N)
+           than the paper's 32, -short<N> with --short-side N, -clip<T> with --clip-len T, -first<N> with
+           --max-videos N)
 
 --data, --root and --world default to those the run was trained on (RUN/config.json); --split to val (own clips
 without a ROOT/val.txt: all, every video). Each evaluation's file names say what was scored, so none replaces another
@@ -44,12 +45,13 @@ def scored(data_set, root, split, world=None):
     return f"{data_set}{world_name(world or {})}-{split}"
 
 
-def eval_name(data_set, split, clip_len=None, max_videos=None, root=None, world=None, min_frames=None):
+def eval_name(data_set, split, clip_len=None, max_videos=None, root=None, world=None, min_frames=None, short_side=0):
     """File name (no suffix) of an evaluation in its run folder: it names what was scored, VSPW's shortest video
-    scored (min_frames) where it is not the paper's, the clip length and the number of videos, so that no evaluation
-    replaces another of something else."""
+    scored (min_frames) where it is not the paper's, the short side the frames were scaled to, the clip length and
+    the number of videos, so that no evaluation replaces another of something else."""
     return (f"eval-{scored(data_set, root, split, world)}"
             + (f"-min{min_frames}" if min_frames not in (None, VSPW_MIN_FRAMES) else "")
+            + (f"-short{short_side}" if short_side else "")
             + (f"-clip{clip_len}" if clip_len else "") + (f"-first{max_videos}" if max_videos else ""))
 
 
@@ -289,7 +291,7 @@ def main(args):
            "match": model.settings.matches,  # what ran: tables.py counts a shift without matching by it
            "channels": shifted_channels(model), "results": results}
     name = eval_name(args.data, args.split, args.clip_len, args.max_videos, args.root, args.world,
-                     videos.get("min_frames"))
+                     videos.get("min_frames"), args.short_side)
     report = run_markdown(run)
     (checkpoint.parent / f"{name}.json").write_text(json.dumps(json_safe(run), indent=2) + "\n")
     (checkpoint.parent / f"{name}.md").write_text(report)

@@ -479,9 +479,10 @@ def test_short_side_scales_frames_for_the_model_and_scores_their_class_scores_at
     main(["--checkpoint", str(run / "best"), "--data", "vspw", "--root", str(vspw), "--min-frames", "1",
           "--max-videos", "1", "--short-side", "24", "--save-predictions", str(tmp_path / "pred"), "--device", "cpu"])
     capsys.readouterr()
-    saved = json.loads((run / "eval-vspw-val-min1-first1.json").read_text())
+    name = run / "eval-vspw-val-min1-short24-first1"  # a scaled evaluation replaces no unscaled one
+    saved = json.loads(name.with_suffix(".json").read_text())
     assert saved["short_side"] == 24 and saved["results"]["num_frames"] == 12  # the short video, first in val.txt
-    assert "scaled down to a short side of 24 for the model" in (run / "eval-vspw-val-min1-first1.md").read_text()
+    assert "scaled down to a short side of 24 for the model" in name.with_suffix(".md").read_text()
 
     origin = sorted((vspw / "data" / "short" / "origin").iterdir())
     frames = torch.from_numpy(np.stack([np.array(Image.open(path)) for path in origin])).permute(0, 3, 1, 2)
